@@ -1,0 +1,154 @@
+"""The recipe: a typed model loaded from YAML.
+
+Everything that changes a dataset's content is in here, so ``config_hash`` plus the input
+fingerprints identify a dataset version. Paths are resolved relative to the recipe file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from curation.errors import ConfigError
+
+DATASET_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+SourceFormat = Literal["auto", "jsonl", "json", "csv", "parquet", "hf_disk", "hf"]
+
+
+def check_dataset_name(name: str) -> str:
+    """Dataset names become directory names under the data root: no path can escape it."""
+    if not isinstance(name, str) or not DATASET_NAME.match(name):
+        raise ConfigError(
+            f"invalid dataset name {name!r}: use 1-64 lowercase letters, digits, '-' or '_', "
+            "starting with a letter or digit (names become folders under the data root)"
+        )
+    return name
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SourceConfig(Strict):
+    """One input: where it is, how to read it, and which adapter turns rows into pairs."""
+
+    name: str = Field(description="short name, recorded on every pair as source_dataset")
+    path: str = Field(description="file, glob, saved HF dataset folder, or HF hub name (format: hf)")
+    format: SourceFormat = "auto"
+    adapter: str = Field(description="hh_rlhf | trl | rated | shp | mapping")
+    options: dict[str, Any] = Field(default_factory=dict, description="adapter options (see the adapter)")
+    split: str | None = Field(default=None, description="HF datasets split (default: train, or the only one)")
+    hf_config: str | None = Field(default=None, description="HF datasets config name")
+    label_source: Literal["human", "ai", "model", "unlabeled"] = "human"
+    label_model: str | None = None
+    limit: int | None = Field(default=None, ge=1, description="read at most this many rows (for quick runs)")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_dataset_name(v)
+
+
+class ValidateConfig(Strict):
+    max_row_bytes: int = Field(default=1_000_000, ge=1, description="rows larger than this are quarantined")
+    raw_limit_bytes: int = Field(default=16_384, ge=0, description="raw text kept in quarantine per row")
+    allowed_roles: list[str] = Field(default_factory=lambda: ["system", "user", "assistant", "tool"])
+    allow_empty_prompt: bool = False
+
+
+class DedupConfig(Strict):
+    exact: bool = True
+
+
+class PublishConfig(Strict):
+    dataset: str
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, v: str) -> str:
+        return check_dataset_name(v)
+
+
+class RunConfig(Strict):
+    """A whole recipe: ``curate run recipe.yaml``."""
+
+    sources: list[SourceConfig] = Field(min_length=1)
+    publish: PublishConfig
+    validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    data_root: str = Field(default="data", description="where datasets, runs and caches live (relative to the working directory)")
+    batch_size: int = Field(default=5_000, ge=1)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _unique_sources(self) -> "RunConfig":
+        names = [s.name for s in self.sources]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"source names must be unique, repeated: {', '.join(dupes)}")
+        return self
+
+    def content_dict(self) -> dict[str, Any]:
+        """What determines the dataset's content (not where it is written)."""
+        d = self.model_dump(mode="json", by_alias=True)
+        d.pop("data_root", None)
+        d.pop("batch_size", None)
+        return d
+
+    def config_hash(self) -> str:
+        blob = json.dumps(self.content_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _format_validation_error(where: str, err: ValidationError) -> str:
+    lines = [f"invalid recipe {where}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"  - {loc}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, *, where: str = "(inline)", base_dir: Path | None = None) -> RunConfig:
+    """Validate a recipe dict; relative paths are taken from ``base_dir``."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid recipe {where}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        cfg = RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(where, err)) from None
+    except ConfigError as err:
+        raise ConfigError(f"invalid recipe {where}: {err}") from None
+    if base_dir is not None:
+        for src in cfg.sources:
+            if src.format != "hf" and not Path(src.path).is_absolute() and not src.path.startswith(("hf://", "s3://")):
+                src.path = str((base_dir / src.path).resolve())
+    from curation.ingest.adapters import check_options  # late: adapters import records only
+
+    for i, src in enumerate(cfg.sources):
+        try:
+            check_options(src.adapter, src.options)
+        except ConfigError as err:
+            raise ConfigError(f"invalid recipe {where}: sources.{i} ({src.name}): {err}") from None
+    return cfg
+
+
+def load_config(path: str | Path, *, data_root: str | None = None) -> RunConfig:
+    """Load a recipe file. Paths inside it are relative to the file's folder."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"recipe not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot parse recipe {path}: {err}") from None
+    cfg = parse_config(data, where=str(path), base_dir=path.resolve().parent)
+    if data_root is not None:
+        cfg.data_root = str(Path(data_root).resolve())
+    return cfg
