@@ -88,7 +88,7 @@ class RunConfig(Strict):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     @model_validator(mode="after")
-    def _unique_sources(self) -> "RunConfig":
+    def _unique_sources(self) -> RunConfig:
         names = [s.name for s in self.sources]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:

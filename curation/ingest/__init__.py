@@ -1,0 +1,1 @@
+"""Ingest: read source files and turn their rows into canonical pair drafts."""
