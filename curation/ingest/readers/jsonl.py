@@ -1,0 +1,174 @@
+"""JSON Lines: one object per line, streamed in binary with bounded memory.
+
+The hot loop reads lines with ``readline(max_row_bytes + 2)`` from a 1 MiB buffer, so a
+line too large is seen by its length alone and then skipped in bounded chunks (never
+decoded or parsed, never held whole). Each line is parsed from bytes by orjson when it
+is installed; any line it rejects goes to a slow path that decodes strictly and re-parses
+with the standard library, which both names the problem in plain words and accepts what
+stdlib ``json`` accepts (NaN, for instance), so results do not depend on orjson being
+there. Known difference: orjson reads integers beyond 64 bits as floats.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from curation.errors import SourceError
+from curation.ingest.readers._common import (
+    GZIP_ERRORS,
+    FileReaderBase,
+    RawRow,
+    cut_utf8,
+    describe_decode_error,
+    error_row,
+    open_stream,
+    raw_text,
+    skip_bom,
+)
+
+try:  # optional speed-up; never a dependency
+    import orjson
+
+    _loads = orjson.loads
+except ImportError:  # pragma: no cover - depends on the environment
+    _json_loads = json.loads
+
+    def _loads(line: bytes) -> Any:
+        if b"\\u" in line and (b"\\ud" in line or b"\\uD" in line):
+            raise ValueError("possible surrogate escape: take the checked path")
+        return _json_loads(line.decode("utf-8"))
+
+
+_JSON_KIND = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean", type(None): "null"}
+
+
+def not_an_object(index: int, where: str, value: Any, raw: str, raw_bytes: int) -> RawRow:
+    kind = _JSON_KIND.get(type(value), type(value).__name__)
+    return error_row(index, "not_an_object", f"{where} is {kind}, not a JSON object", raw, raw_bytes)
+
+
+def truncated_row(label: str, index: int, err: BaseException) -> RawRow:
+    """The one error row for a gzip stream that ends early (or breaks) after ``index`` lines."""
+    what = "ends early (the file is truncated)" if isinstance(err, EOFError) else f"is corrupt ({err})"
+    msg = f"{label}: the gzip stream {what} after line {index}; nothing after that point can be read"
+    return error_row(index, "truncated_file", msg, None, 0)
+
+
+class JsonlReader(FileReaderBase):
+    """A .jsonl / .ndjson file, optionally gzipped. Blank lines are skipped but counted,
+    so ``RawRow.index`` is always line number - 1."""
+
+    def rows(self) -> Iterator[RawRow]:
+        allowance = self._budget.allowance(self._pos)
+        count = 0
+        try:
+            if allowance <= 0:
+                return
+            stream, hashed = open_stream(self.path)
+            with hashed, stream:
+                index = -1
+                try:
+                    skip_bom(stream)
+                    readline = stream.readline
+                    max_bytes = self.max_row_bytes
+                    raw_limit = self.raw_limit_bytes
+                    chunk = max_bytes + 2  # room for "\r\n" after a row of exactly max_bytes
+                    loads = _loads
+                    while True:
+                        line = readline(chunk)
+                        if not line:
+                            break
+                        index += 1
+                        if len(line) > max_bytes:
+                            row = self._oversized(index, line, readline, chunk)
+                            if row is not None:
+                                yield row
+                                count += 1
+                                if count >= allowance:
+                                    return
+                                continue
+                        try:
+                            value = loads(line)
+                        except (ValueError, RecursionError):
+                            row = self._checked(index, line)
+                            if row is None:  # blank line
+                                continue
+                        else:
+                            body = line.rstrip(b"\r\n")
+                            size = len(body)
+                            # the parser checked the UTF-8; "replace" only guards, at no cost
+                            raw = (body if size <= raw_limit else cut_utf8(body, raw_limit)).decode("utf-8", "replace")
+                            if type(value) is dict:
+                                row = RawRow(index, value, raw, size, None)
+                            else:
+                                row = not_an_object(index, f"line {index + 1}", value, raw, size)
+                        yield row
+                        count += 1
+                        if count >= allowance:
+                            return
+                except GZIP_ERRORS as err:
+                    yield truncated_row(self.label, index + 1, err)
+                    count += 1
+                except OSError as err:
+                    raise SourceError(f"error while reading {self.label}: {err.strerror or err}") from None
+                self._finished(hashed)
+        finally:
+            self._budget.record(self._pos, count)
+
+    def _oversized(self, index: int, line: bytes, readline: Any, chunk: int) -> RawRow | None:
+        """A line longer than max_row_bytes, judged by size alone; None if it fits after all
+        (its length included the line break). The rest of it is read and dropped chunk by
+        chunk, keeping only the first raw_limit_bytes."""
+        head = line[: self.raw_limit_bytes]
+        total = len(line)
+        tail = line[-2:]
+        if line[-1] != 10 and len(line) == chunk:  # the line goes on
+            while True:
+                part = readline(chunk)
+                if not part:
+                    break
+                total += len(part)
+                tail = (tail + part[-2:])[-2:]  # "\r" may end one chunk and "\n" start the next
+                if part[-1] == 10:
+                    break
+        size = total - (2 if tail == b"\r\n" else 1 if tail[-1:] == b"\n" else 0)
+        if size <= self.max_row_bytes:
+            return None
+        msg = f"line {index + 1} is {size:,} bytes, over the limit of {self.max_row_bytes:,} bytes (validate.max_row_bytes); it was not parsed"
+        return error_row(index, "row_too_large", msg, raw_text(head, self.raw_limit_bytes), size)
+
+    def _checked(self, index: int, line: bytes) -> RawRow | None:
+        """The slow path for a line the fast parser rejected: None for a blank line, else
+        the row (stdlib json accepted it) or an error row that says what is wrong."""
+        body = line.rstrip(b"\r\n")
+        if not body.strip(b" \t\r"):
+            return None
+        where = f"line {index + 1}"
+        size = len(body)
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as err:
+            msg = f"{where} is not valid UTF-8: {describe_decode_error(body, err)}"
+            return error_row(index, "undecodable_text", msg, raw_text(body, self.raw_limit_bytes), size)
+        raw = cut_utf8(body, self.raw_limit_bytes).decode()
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as err:
+            msg = f"{where} is not valid JSON: {err.msg} at column {err.colno}"
+            if not line.endswith(b"\n"):
+                msg += " (it is the last line and has no line break: the file may be truncated)"
+            return error_row(index, "unparsable_json", msg, raw, size)
+        except RecursionError:
+            return error_row(index, "unparsable_json", f"{where} is not valid JSON: it is nested too deeply", raw, size)
+        if type(value) is not dict:
+            return not_an_object(index, where, value, raw, size)
+        try:  # "\ud800" is valid JSON syntax but no valid text: it cannot be written out later
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            msg = f"{where} contains an escaped lone surrogate (such as \\ud800), which is not valid Unicode text"
+            return error_row(index, "undecodable_text", msg, raw, size)
+        except (ValueError, RecursionError):
+            pass
+        return RawRow(index, value, raw, size, None)
