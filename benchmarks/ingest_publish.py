@@ -1,0 +1,134 @@
+"""Benchmark: ingest -> validate -> dedup -> publish against a plain pyarrow read + write.
+
+Builds N realistic comparisons by resampling the real HH-RLHF sample (each row made
+unique by a row tag in its first turn, with ~1% exact repeats so dedup has work), then
+runs, each in its own child process so peak RSS is measured separately:
+  1. the pipeline (library, no Prefect): rows/s and peak RSS;
+  2. the baseline: pyarrow.json.read_json of the same file + pyarrow.parquet.write_table.
+Prints rows/s, peak RSS and the time ratio pipeline / baseline (target <= 2.0; RSS under
+1.5 GB at 1M rows).
+
+  .venv/bin/python benchmarks/ingest_publish.py --rows 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "data" / "samples" / "hh-rlhf-harmless-base" / "test-dev-1200.jsonl"
+
+
+def build_input(path: Path, n: int, seed: int = 0) -> int:
+    rows = [json.loads(line) for line in SAMPLE.open()]
+    rng = random.Random(seed)
+    written = 0
+    with path.open("w", encoding="utf-8") as fh:
+        for i in range(n):
+            base = rows[rng.randrange(len(rows))]
+            tag = i if rng.random() > 0.01 else max(i - 1, 0)  # ~1% exact repeats of a recent tag
+            marker = "\n\nHuman: "
+            row = {k: v.replace(marker, f"{marker}[{tag}] ", 1) for k, v in base.items()}
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            written += 1
+    return written
+
+
+def child_pipeline(input_path: str, root: str) -> None:
+    sys.path.insert(0, str(REPO))
+    from curation.config import parse_config
+    from curation.pipeline import curate
+
+    cfg = parse_config(
+        {
+            "publish": {"dataset": "bench"},
+            "sources": [{"name": "hh", "path": input_path, "adapter": "hh_rlhf"}],
+            "data_root": root,
+            "batch_size": 5000,
+        }
+    )
+    t0 = time.perf_counter()
+    result = curate(cfg, force=True)
+    secs = time.perf_counter() - t0
+    print(
+        json.dumps(
+            {
+                "rss_mb": _self_rss_mb(),
+                "seconds": secs,
+                "funnel": {
+                    k: result.funnel[k] for k in ("rows_in", "pairs_out", "kept", "rows_quarantined", "pairs_quarantined", "pairs_filtered")
+                },
+                "timings": result.timings,
+            }
+        )
+    )
+
+
+def child_baseline(input_path: str, out: str) -> None:
+    import pyarrow.json as pj
+    import pyarrow.parquet as pq
+
+    t0 = time.perf_counter()
+    table = pj.read_json(input_path, read_options=pj.ReadOptions(block_size=64 << 20))
+    pq.write_table(table, out, compression="zstd")
+    print(json.dumps({"rss_mb": _self_rss_mb(), "seconds": time.perf_counter() - t0, "rows": table.num_rows}))
+
+
+def _self_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def run_child(*args: str) -> tuple[dict, float]:
+    """Run this script as a child; return its JSON line and its own peak RSS in MB."""
+    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"child {args[1]} failed:\n{proc.stderr[-4000:]}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out, out["rss_mb"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=100_000)
+    ap.add_argument("--workdir", default=None, help="where to put the input and outputs (default: a temp dir)")
+    ap.add_argument("--child", choices=["pipeline", "baseline"], help=argparse.SUPPRESS)
+    ap.add_argument("--input", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child == "pipeline":
+        return child_pipeline(args.input, args.out)
+    if args.child == "baseline":
+        return child_baseline(args.input, args.out)
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-ingest-"))
+    work.mkdir(parents=True, exist_ok=True)
+    input_path = work / "input.jsonl"
+    t0 = time.perf_counter()
+    n = build_input(input_path, args.rows)
+    size_mb = input_path.stat().st_size / 1e6
+    print(f"input: {n:,} rows, {size_mb:,.0f} MB JSONL (built in {time.perf_counter() - t0:.1f} s) at {input_path}")
+
+    base, base_rss = run_child("--child", "baseline", "--input", str(input_path), "--out", str(work / "baseline.parquet"))
+    pipe, pipe_rss = run_child("--child", "pipeline", "--input", str(input_path), "--out", str(work / "root"))
+    ratio = pipe["seconds"] / base["seconds"]
+    print(
+        f"baseline  pyarrow read_json + write_parquet: {base['seconds']:.1f} s, {n / base['seconds']:,.0f} rows/s, peak RSS {base_rss:,.0f} MB"
+    )
+    print(
+        f"pipeline  ingest+validate+dedup+publish:     {pipe['seconds']:.1f} s, {n / pipe['seconds']:,.0f} rows/s, peak RSS {pipe_rss:,.0f} MB"
+    )
+    print("stages    " + ", ".join(f"{k} {v:.1f} s" for k, v in pipe["timings"].items()))
+    print(f"funnel    {pipe['funnel']}")
+    print(f"ratio     pipeline / baseline = {ratio:.2f} (target <= 2.0)")
+
+
+if __name__ == "__main__":
+    main()

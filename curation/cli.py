@@ -1,0 +1,417 @@
+"""`curate`: the command line.
+
+Every command has --help. Errors a user can act on print one clear message (no
+traceback) and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from curation.errors import CurationError
+
+app = typer.Typer(
+    help="Curate raw preference comparisons into clean, versioned, DPO-ready datasets.\n\n"
+    "Start with `curate run recipes/hh-rlhf-sample.yaml`, then `curate datasets list`, "
+    '`curate sql "SELECT ... FROM pairs"` and `curate export NAME --format trl --out DIR`.',
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+datasets_app = typer.Typer(help="List, inspect and compare published datasets and their versions.", no_args_is_help=True)
+app.add_typer(datasets_app, name="datasets")
+
+console = Console()
+err_console = Console(stderr=True)
+
+DataRoot = typer.Option(None, "--data-root", envvar="CURATE_DATA_ROOT", help="Data root (default: ./data, or the recipe's data_root).")
+
+
+def _root(data_root: str | None) -> str:
+    return data_root or "data"
+
+
+def friendly(fn: Callable) -> Callable:
+    """Turn CurationError (and a missing-file OSError) into one line on stderr, exit 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except CurationError as err:
+            err_console.print(f"[bold red]error:[/] {err}", highlight=False, markup=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted; nothing was published by the interrupted stage")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def parse_ref(ref: str) -> tuple[str, int | None]:
+    """'name' or 'name@3' -> (name, version)."""
+    name, _, version = ref.partition("@")
+    if not version:
+        return name, None
+    try:
+        return name, int(version.lstrip("v"))
+    except ValueError:
+        raise CurationError(f"invalid dataset reference {ref!r}: use NAME or NAME@VERSION (e.g. hh-harmless@2)") from None
+
+
+class RichProgress:
+    """A progress bar per stage (rows and rows/s)."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self._bar = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description:<18}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=False,
+        )
+        self._task = None
+
+    def start(self, description: str, total: int | None = None) -> None:
+        import time
+
+        self._bar.start()
+        self._t0 = time.perf_counter()
+        self._task = self._bar.add_task(description, total=total, rate="")
+
+    def advance(self, n: int = 1) -> None:
+        import time
+
+        task = self._bar.tasks[-1]
+        done = task.completed + n
+        if done % 1000 < n or (task.total and done >= task.total):
+            rate = done / max(time.perf_counter() - self._t0, 1e-9)
+            self._bar.update(self._task, completed=done, rate=f"{rate:,.0f} rows/s")
+        else:
+            self._bar.update(self._task, completed=done)
+
+    def finish(self) -> None:
+        task = self._bar.tasks[-1]
+        self._bar.update(self._task, total=task.completed, completed=task.completed)
+        self._bar.stop()
+
+
+def print_funnel(result: dict) -> None:
+    from curation.report import funnel_steps, reason_rows
+
+    f = result["funnel"]
+    table = Table(title=f"Funnel: {result['dataset']} v{result['version']}", show_header=True)
+    table.add_column("step")
+    table.add_column("count", justify="right")
+    for label, n in funnel_steps(f):
+        table.add_row(label, f"{'-' if n < 0 else ''}{abs(n):,}")
+    console.print(table)
+    reasons = reason_rows(f)
+    if reasons:
+        t = Table(title="Removed, by reason", show_header=True)
+        for col in ("outcome", "stage", "reason"):
+            t.add_column(col)
+        t.add_column("count", justify="right")
+        for o, s, r, n in reasons:
+            t.add_row(o, s, r, f"{n:,}")
+        console.print(t)
+    ok = (
+        f["rows_in"] == f["rows_quarantined"] + f["rows_filtered"] + f["rows_with_pairs"]
+        and f["pairs_out"] == f["pairs_quarantined"] + f["pairs_filtered"] + f["kept"]
+    )
+    console.print(
+        f"Row accounting: {f['rows_in']:,} rows in = {f['rows_quarantined']:,} quarantined + {f['rows_filtered']:,} filtered"
+        f" + {f['rows_with_pairs']:,} with pairs; {f['pairs_out']:,} pairs = {f['pairs_quarantined']:,} quarantined"
+        f" + {f['pairs_filtered']:,} filtered + {f['kept']:,} kept [{'green' if ok else 'red'}]{'OK' if ok else 'MISMATCH'}[/]"
+    )
+
+
+@app.command()
+@friendly
+def run(
+    recipe: Path = typer.Argument(..., help="Recipe YAML (sources, adapters, validation, dataset name)."),
+    data_root: str | None = DataRoot,
+    local: bool = typer.Option(False, "--local", help="Run the stages in this process without Prefect."),
+    force: bool = typer.Option(False, "--force", help="Publish a new version even if config and inputs are unchanged."),
+    keep_staging: bool = typer.Option(False, "--keep-staging", help="Keep the run folder's staged Parquet files."),
+) -> None:
+    """Run a recipe: ingest -> validate -> dedup -> publish a new dataset version.
+
+    Prints the funnel and where the dataset and its report are. Runs as a Prefect flow
+    (no server needed) unless --local.
+    """
+    from dataclasses import asdict
+
+    from curation.config import load_config
+
+    cfg = load_config(recipe, data_root=data_root)  # fail on a bad recipe before anything starts
+    progress = RichProgress() if sys.stderr.isatty() or os.environ.get("CURATE_PROGRESS") == "1" else None
+    if local:
+        from curation.pipeline import curate
+
+        result = asdict(curate(cfg, progress=progress, force=force, keep_staging=keep_staging))
+    else:
+        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        from flows.curate import curate_flow, set_progress
+
+        set_progress(progress)
+        result = curate_flow(str(recipe), data_root=cfg.data_root, force=force, keep_staging=keep_staging)
+    _print_run_result(result, cfg.data_root)
+
+
+def _print_run_result(result: dict, data_root: str) -> None:
+    name, version = result["dataset"], result["version"]
+    if result["unchanged"]:
+        console.print(f"[bold]{name} v{version}[/] was built from this config and these inputs: nothing to do (use --force to republish).")
+    else:
+        print_funnel(result)
+    console.print(f"Dataset: [bold]{name}@{version}[/] in {Path(data_root).resolve() / 'datasets' / name}")
+    console.print(f"Report:  {(Path(result['report_dir']) / 'report.html').resolve()}")
+    console.print(
+        f'Next:    curate sql "SELECT label_source, count(*) FROM {name}.pairs GROUP BY 1"   |   curate export {name} --format trl --out exports/{name}'
+    )
+
+
+@app.command()
+@friendly
+def check(recipe: Path = typer.Argument(..., help="Recipe YAML to check."), data_root: str | None = DataRoot) -> None:
+    """Check a recipe without running it: config, adapters and that every input can be opened."""
+    from curation.config import load_config
+    from curation.pipeline import input_fingerprints
+
+    cfg = load_config(recipe, data_root=data_root)
+    fps = input_fingerprints(cfg)
+    console.print(f"Recipe OK: dataset [bold]{cfg.publish.dataset}[/], config hash {cfg.config_hash()}")
+    for fp in fps:
+        console.print(f"  {fp['source']}: {fp.get('path') or fp.get('id')} ({fp.get('bytes', '?')} bytes)")
+
+
+@app.command()
+@friendly
+def sql(
+    query: str = typer.Argument(..., help='SQL over published datasets, e.g. "SELECT count(*) FROM pairs".'),
+    dataset: str | None = typer.Option(
+        None, "--dataset", "-d", help="Dataset behind bare `pairs`, `decisions`, `quarantine` (NAME or NAME@VERSION)."
+    ),
+    version: int | None = typer.Option(None, "--version", "-v", help="Version of that dataset (default: latest)."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table | csv | json | jsonl"),
+    max_rows: int = typer.Option(40, "--max-rows", help="Rows to show in table format."),
+    data_root: str | None = DataRoot,
+) -> None:
+    """Query published datasets with DuckDB SQL.
+
+    Bare `pairs`, `decisions`, `quarantine` and `versions` are the default dataset (the only
+    one, the most recent, or --dataset). Every dataset is also `NAME.pairs`, and a past
+    version is `"NAME@2".pairs`. Example: why was a row dropped?
+
+      curate sql "SELECT stage, reason, count(*) FROM decisions WHERE decision <> 'kept' GROUP BY ALL"
+    """
+    import polars as pl
+
+    from curation.query import sql as run_sql
+
+    if dataset and "@" in dataset:
+        dataset, version = parse_ref(dataset)
+    df = run_sql(query, _root(data_root), dataset=dataset, version=version)
+    if fmt == "table":
+        with pl.Config(tbl_rows=max_rows, fmt_str_lengths=60, tbl_width_chars=200):
+            console.print(str(df), highlight=False, markup=False)
+    elif fmt == "csv":
+        nested = [c for c, t in df.schema.items() if t.is_nested()]
+        if nested:
+            raise CurationError(f"csv cannot hold nested columns ({', '.join(nested)}); use --format json or select scalar columns")
+        sys.stdout.write(df.write_csv())
+    elif fmt == "json":
+        sys.stdout.write(json.dumps(df.to_dicts(), ensure_ascii=False, default=str, indent=1) + "\n")
+    elif fmt == "jsonl":
+        for row in df.iter_rows(named=True):
+            sys.stdout.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+    else:
+        raise CurationError(f"unknown --format {fmt!r}: use table, csv, json or jsonl")
+
+
+@datasets_app.command("list")
+@friendly
+def datasets_list(data_root: str | None = DataRoot) -> None:
+    """List datasets with their latest version and row counts."""
+    from curation.store import DatasetStore
+
+    store = DatasetStore(_root(data_root))
+    names = store.datasets()
+    if not names:
+        console.print(f"No datasets in {Path(_root(data_root)).resolve()} yet. Publish one with: curate run RECIPE.yaml")
+        return
+    table = Table(show_header=True)
+    for col in ("dataset", "versions", "latest", "created (UTC)", "pairs", "quarantine", "decisions", "config"):
+        table.add_column(col)
+    for name in names:
+        versions = store.versions(name)
+        v = versions[-1]
+        table.add_row(
+            name,
+            str(len(versions)),
+            f"v{v.version}",
+            v.created_at[:19],
+            *(f"{v.tables.get(t, 0):,}" for t in ("pairs", "quarantine", "decisions")),
+            v.config_hash,
+        )
+    console.print(table)
+
+
+@datasets_app.command("show")
+@friendly
+def datasets_show(
+    ref: str = typer.Argument(..., help="NAME or NAME@VERSION"),
+    versions: bool = typer.Option(False, "--versions", help="List every version instead of one."),
+    show_config: bool = typer.Option(False, "--config", help="Print the full recipe of that version."),
+    data_root: str | None = DataRoot,
+) -> None:
+    """Show a version: lineage, config hash, code version, inputs, counts, schema."""
+    import yaml
+
+    from curation.store import DatasetStore
+
+    store = DatasetStore(_root(data_root))
+    name, version = parse_ref(ref)
+    if versions:
+        table = Table(show_header=True)
+        for col in ("version", "created (UTC)", "parents", "pairs", "config", "code", "run"):
+            table.add_column(col)
+        for v in store.versions(name):
+            table.add_row(
+                f"v{v.version}",
+                v.created_at[:19],
+                ", ".join(v.parents),
+                f"{v.tables.get('pairs', 0):,}",
+                v.config_hash,
+                v.code_version,
+                v.run_id or "",
+            )
+        console.print(table)
+        return
+    v = store.version(name, version)
+    console.print(f"[bold]{v.dataset}@{v.version}[/]  created {v.created_at}  snapshot {v.snapshot_id}")
+    console.print(f"parents: {', '.join(v.parents) or 'none'}")
+    console.print(f"config hash: {v.config_hash}   code: {v.code_version}   run: {v.run_id}")
+    console.print("inputs:")
+    for i in v.inputs:
+        console.print(
+            f"  {i.get('source')}: {i.get('path') or i.get('id')}  {i.get('bytes', '')} bytes  sha256 {str(i.get('sha256') or i.get('fingerprint'))[:16]}"
+        )
+    console.print("tables: " + ", ".join(f"{t} {n:,} rows" for t, n in v.tables.items()))
+    f = v.counts
+    if "rows_in" in f:
+        console.print(
+            f"funnel: {f['rows_in']:,} rows in -> {f['pairs_out']:,} pairs -> {f['kept']:,} kept "
+            f"({f['rows_quarantined'] + f['pairs_quarantined']:,} quarantined, {f['rows_filtered'] + f['pairs_filtered']:,} filtered)"
+        )
+    report = Path(_root(data_root)) / "datasets" / name / "reports" / f"v{v.version}" / "report.html"
+    if report.exists():
+        console.print(f"report: {report.resolve()}")
+    if show_config:
+        console.print(yaml.safe_dump(v.config, sort_keys=False), highlight=False, markup=False)
+
+
+@datasets_app.command("diff")
+@friendly
+def datasets_diff(
+    name: str = typer.Argument(..., help="Dataset name."),
+    a: int = typer.Argument(..., help="Older version."),
+    b: int = typer.Argument(..., help="Newer version."),
+    data_root: str | None = DataRoot,
+) -> None:
+    """Compare two versions: row counts per table, pairs added/removed, config changes."""
+    from curation.store import DatasetStore
+
+    d = DatasetStore(_root(data_root)).diff(name, a, b)
+    console.print_json(json.dumps(d, default=str))
+
+
+@app.command()
+@friendly
+def export(
+    ref: str = typer.Argument(..., help="NAME or NAME@VERSION to export."),
+    fmt: str = typer.Option("trl", "--format", help="Export format (trl: TRL DPO preference format)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
+    style: str = typer.Option("conversational", "--style", help="conversational (lists of messages) | standard (strings)."),
+    files: str = typer.Option("parquet,jsonl,hf", "--files", help="Comma-separated: parquet, jsonl, hf (datasets.DatasetDict)."),
+    test_size: float = typer.Option(0.1, "--test-size", help="Fraction of pairs in the test split."),
+    seed: int = typer.Option(0, "--seed", help="Split seed (same seed, same split)."),
+    tokenizer: str | None = typer.Option(
+        None, "--tokenizer", help="Chat-template tokenizer for --style standard: 'smollm2' or a local HF folder."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output folder."),
+    data_root: str | None = DataRoot,
+) -> None:
+    """Export a dataset version as DPO-ready files (TRL format, seeded train/test split)."""
+    from curation.export import export_trl
+    from curation.store import DatasetStore
+
+    if fmt != "trl":
+        raise CurationError(f"unknown export format {fmt!r}; supported: trl")
+    name, version = parse_ref(ref)
+    store = DatasetStore(_root(data_root))
+    info = store.version(name, version)
+    tok = None
+    if tokenizer == "smollm2":
+        from curation.tokenizers import smollm2_tokenizer
+
+        tok = smollm2_tokenizer()
+    elif tokenizer:
+        from transformers import AutoTokenizer
+
+        if not Path(tokenizer).is_dir():
+            raise CurationError(f"tokenizer folder not found: {tokenizer} (use 'smollm2' or a local HF model folder)")
+        tok = AutoTokenizer.from_pretrained(tokenizer)
+    result = export_trl(
+        store.scan(name, "pairs", version=info.version),
+        out,
+        style=style,
+        formats=[f.strip() for f in files.split(",") if f.strip()],
+        test_size=test_size,
+        seed=seed,
+        chat_template_tokenizer=tok,
+        overwrite=overwrite,
+        info={"dataset": name, "version": info.version, "config_hash": info.config_hash},
+    )
+    console.print(f"Exported {name}@{info.version} ({style}): " + ", ".join(f"{k} {v:,}" for k, v in result.counts.items()))
+    for f in result.files:
+        console.print(f"  {f}")
+
+
+@app.command()
+@friendly
+def report(ref: str = typer.Argument(..., help="NAME or NAME@VERSION"), data_root: str | None = DataRoot) -> None:
+    """Print where a version's HTML report is (open it in a browser)."""
+    from curation.store import DatasetStore
+
+    name, version = parse_ref(ref)
+    v = DatasetStore(_root(data_root)).version(name, version)
+    path = Path(_root(data_root)) / "datasets" / name / "reports" / f"v{v.version}" / "report.html"
+    if not path.exists():
+        raise CurationError(f"no report for {name}@{v.version} at {path}")
+    console.print(str(path.resolve()))
+
+
+def main() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    app()
+
+
+if __name__ == "__main__":
+    main()

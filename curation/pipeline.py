@@ -1,0 +1,159 @@
+"""The spine end to end, without Prefect: ingest -> validate -> dedup -> publish.
+
+``flows/curate.py`` runs the same stage functions as Prefect tasks; this module is what a
+notebook or a test calls. Runs are idempotent: if the dataset's latest version was built
+from the same config hash and the same input bytes, no new version is published.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from curation import __version__, accounting, stages
+from curation.config import RunConfig
+from curation.ingest.readers import open_source
+from curation.progress import Progress
+from curation.report import write_report
+from curation.stages import StageOutput
+from curation.store import DatasetStore, VersionInfo
+
+
+@dataclass
+class RunResult:
+    """What a run did: the version it published (or found unchanged) and where things are."""
+
+    dataset: str
+    version: int
+    unchanged: bool
+    funnel: dict[str, Any]
+    timings: dict[str, float]
+    run_dir: str
+    report_dir: str
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def code_version() -> str:
+    """Package version, plus the git commit when running from a checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
+        commit = out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{__version__}+g{commit}" if commit else __version__
+
+
+def new_run_dir(cfg: RunConfig) -> Path:
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    run_dir = Path(cfg.data_root) / "runs" / f"{stamp}-{cfg.publish.dataset}-{uuid.uuid4().hex[:6]}"
+    run_dir.mkdir(parents=True, exist_ok=False)
+    return run_dir
+
+
+def input_fingerprints(cfg: RunConfig) -> list[dict]:
+    """Fingerprints of every input, read before any work so an unchanged run costs one hash."""
+    limits = cfg.validate_
+    fps = []
+    for src in cfg.sources:
+        for reader in open_source(src, max_row_bytes=limits.max_row_bytes, raw_limit_bytes=limits.raw_limit_bytes):
+            fps.append({"source": src.name, **reader.fingerprint()})
+    return fps
+
+
+def find_unchanged(cfg: RunConfig, store: DatasetStore) -> VersionInfo | None:
+    """The latest version if it was built from this exact config and these exact inputs."""
+    if cfg.publish.dataset not in store.datasets():
+        return None
+    latest = store.version(cfg.publish.dataset)
+    if latest.config_hash != cfg.config_hash():
+        return None
+    return latest if _same_inputs(latest.inputs, input_fingerprints(cfg)) else None
+
+
+def _same_inputs(a: list[dict], b: list[dict]) -> bool:
+    def key(fp: dict) -> tuple:
+        return (fp.get("source"), fp.get("sha256") or fp.get("fingerprint"), fp.get("bytes"))
+
+    return sorted(map(key, a)) == sorted(map(key, b))
+
+
+def publish(cfg: RunConfig, run_dir: Path, ingested: StageOutput, validated: StageOutput, deduped: StageOutput) -> tuple[VersionInfo, dict]:
+    """Check the row accounting on the staged files, then commit one new version."""
+    funnel = accounting.funnel(ingested, validated, deduped)
+    accounting.check(funnel, ingested, validated, deduped)
+    store = DatasetStore(cfg.data_root)
+    info = store.publish(
+        cfg.publish.dataset,
+        {
+            "pairs": deduped.files["pairs"],
+            "decisions": [ingested.files["decisions"], deduped.files["decisions"]],
+            "quarantine": [ingested.files["quarantine"], validated.files["quarantine"]],
+        },
+        config=cfg.content_dict(),
+        config_hash=cfg.config_hash(),
+        code_version=code_version(),
+        inputs=ingested.inputs,
+        counts=funnel,
+        run_id=run_dir.name,
+    )
+    return info, funnel
+
+
+def report_dir(cfg: RunConfig, version: int) -> Path:
+    return Path(cfg.data_root) / "datasets" / cfg.publish.dataset / "reports" / f"v{version}"
+
+
+def curate(cfg: RunConfig, *, progress: Progress | None = None, force: bool = False, keep_staging: bool = False) -> RunResult:
+    """Run the whole spine in this process. ``force`` republishes even if nothing changed."""
+    store = DatasetStore(cfg.data_root)
+    if not force and (same := find_unchanged(cfg, store)) is not None:
+        return unchanged_result(cfg, same)
+    run_dir = new_run_dir(cfg)
+    timings: dict[str, float] = {}
+    ingested = stages.ingest(cfg, run_dir, progress)
+    validated = stages.validate(cfg, run_dir, ingested, progress)
+    deduped = stages.dedup(cfg, run_dir, validated, progress)
+    for out in (ingested, validated, deduped):
+        timings[out.stage] = out.seconds
+    t0 = time.perf_counter()
+    info, funnel = publish(cfg, run_dir, ingested, validated, deduped)
+    timings["publish"] = time.perf_counter() - t0
+    return finish_run(cfg, run_dir, info, funnel, timings, keep_staging=keep_staging)
+
+
+def finish_run(
+    cfg: RunConfig, run_dir: Path, info: VersionInfo, funnel: dict, timings: dict[str, float], *, keep_staging: bool = False
+) -> RunResult:
+    """Write the run summary and report next to the version; drop the staged copies."""
+    out = report_dir(cfg, info.version)
+    summary = {
+        "dataset": info.dataset,
+        "version": info.version,
+        "created_at": info.created_at,
+        "config_hash": info.config_hash,
+        "code_version": info.code_version,
+        "parents": info.parents,
+        "run_id": run_dir.name,
+        "funnel": funnel,
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "tables": info.tables,
+        "inputs": info.inputs,
+        "data_root": str(Path(cfg.data_root).resolve()),
+    }
+    write_report(summary, out)
+    shutil.copy2(out / "summary.json", run_dir / "summary.json")
+    if not keep_staging:
+        for staged in run_dir.glob("*.parquet"):
+            staged.unlink()
+    return RunResult(info.dataset, info.version, False, funnel, timings, str(run_dir), str(out), summary)
+
+
+def unchanged_result(cfg: RunConfig, info: VersionInfo) -> RunResult:
+    out = report_dir(cfg, info.version)
+    return RunResult(info.dataset, info.version, True, info.counts, {}, "", str(out), {"dataset": info.dataset, "version": info.version})

@@ -1,0 +1,121 @@
+"""The run report: ``summary.json`` for machines, ``report.html`` (with the funnel plot)
+for people. The HTML is self-contained (the plot is embedded) so it can be mailed or
+attached to a Prefect run as is.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+
+def funnel_steps(f: dict[str, Any]) -> list[tuple[str, int]]:
+    """The funnel as ordered (label, count) steps, shared by the plot, the HTML and the CLI."""
+    return [
+        ("rows in", f["rows_in"]),
+        ("quarantined at read/adapt", -f["rows_quarantined"]),
+        ("filtered at adapt", -f["rows_filtered"]),
+        ("pairs produced", f["pairs_out"]),
+        ("quarantined at validate", -f["pairs_quarantined"]),
+        ("filtered (dedup)", -f["pairs_filtered"]),
+        ("kept", f["kept"]),
+    ]
+
+
+def reason_rows(f: dict[str, Any]) -> list[tuple[str, str, str, int]]:
+    """(outcome, stage, reason, count) for every non-kept outcome, largest first."""
+    rows = []
+    for stage, codes in f["quarantined_by_error"].items():
+        rows += [("quarantined", stage, code, n) for code, n in codes.items()]
+    for stage, reasons in f["filtered_by_reason"].items():
+        rows += [("filtered", stage, reason, n) for reason, n in reasons.items()]
+    return sorted(rows, key=lambda r: -r[3])
+
+
+def funnel_png(f: dict[str, Any]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = funnel_steps(f)
+    labels = [s[0] for s in steps][::-1]
+    values = [abs(s[1]) for s in steps][::-1]
+    colors = ["#c0392b" if s[1] < 0 else "#2e86c1" for s in steps][::-1]
+    fig, ax = plt.subplots(figsize=(7, 3.4), dpi=110)
+    bars = ax.barh(labels, values, color=colors)
+    ax.bar_label(bars, labels=[f"{v:,}" for v in values], padding=3, fontsize=8)
+    ax.set_xlabel("rows / pairs")
+    ax.set_title("Curation funnel (red: removed at that step)")
+    ax.set_xlim(0, max(values + [1]) * 1.15)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def render_html(summary: dict[str, Any], png: bytes) -> str:
+    f = summary["funnel"]
+    img = base64.b64encode(png).decode()
+    steps = _table(["step", "count"], [[k, f"{abs(v):,}"] for k, v in funnel_steps(f)])
+    reasons = reason_rows(f)
+    reasons_html = _table(["outcome", "stage", "reason", "count"], [list(r) for r in reasons]) if reasons else "<p>None.</p>"
+    sources = _table(
+        ["source", "rows in", "quarantined", "filtered", "rows with pairs", "pairs"],
+        [
+            [n, c["rows_in"], sum(c["quarantined"].values()), sum(c["filtered"].values()), c["rows_with_pairs"], c["pairs_out"]]
+            for n, c in f["sources"].items()
+        ],
+    )
+    timings = _table(["stage", "seconds"], [[k, f"{v:.2f}"] for k, v in summary.get("timings_s", {}).items()])
+    inputs = _table(
+        ["source", "file", "bytes", "sha256"],
+        [
+            [i.get("source"), i.get("path") or i.get("id"), i.get("bytes", ""), (i.get("sha256") or i.get("fingerprint") or "")[:16]]
+            for i in summary.get("inputs", [])
+        ],
+    )
+    title = f"{summary['dataset']} v{summary['version']}"
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{html.escape(title)} - curation report</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;color:#222}}
+table{{border-collapse:collapse;margin:.5rem 0 1.5rem}}td,th{{border:1px solid #ccc;padding:.25rem .6rem;text-align:left}}
+th{{background:#f2f2f2}}code{{background:#f6f6f6;padding:0 .2rem}}</style></head><body>
+<h1>{html.escape(title)}</h1>
+<p>Created {html.escape(str(summary.get("created_at", "")))} &middot; config <code>{html.escape(summary.get("config_hash", ""))}</code>
+&middot; code <code>{html.escape(summary.get("code_version", ""))}</code> &middot; run <code>{html.escape(summary.get("run_id", ""))}</code>
+&middot; parents: {html.escape(", ".join(summary.get("parents") or []) or "none")}</p>
+<p><b>{f["rows_in"]:,}</b> rows in, <b>{f["kept"]:,}</b> pairs kept.
+Query it: <code>curate sql "SELECT * FROM {html.escape(summary["dataset"])}.pairs LIMIT 5"</code></p>
+<h2>Funnel</h2><img alt="funnel" src="data:image/png;base64,{img}">
+{steps}
+<h2>Filtered and quarantined, by reason</h2>{reasons_html}
+<h2>Sources</h2>{sources}
+<h2>Stage timings</h2>{timings}
+<h2>Inputs</h2>{inputs}
+</body></html>
+"""
+
+
+def write_report(summary: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    png = funnel_png(summary["funnel"])
+    paths = {"summary": out / "summary.json", "html": out / "report.html", "funnel": out / "funnel.png"}
+    paths["summary"].write_text(json.dumps(summary, indent=2, default=str))
+    paths["funnel"].write_bytes(png)
+    paths["html"].write_text(render_html(summary, png), encoding="utf-8")
+    return paths
