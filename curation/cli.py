@@ -31,8 +31,9 @@ app = typer.Typer(
 datasets_app = typer.Typer(help="List, inspect and compare published datasets and their versions.", no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
 
-console = Console()
-err_console = Console(stderr=True)
+# Pipes and CI logs get a wide console, so tables and the accounting line are not cut.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 DataRoot = typer.Option(None, "--data-root", envvar="CURATE_DATA_ROOT", help="Data root (default: ./data, or the recipe's data_root).")
 
@@ -183,7 +184,8 @@ def _print_run_result(result: dict, data_root: str) -> None:
     console.print(f"Dataset: [bold]{name}@{version}[/] in {Path(data_root).resolve() / 'datasets' / name}")
     console.print(f"Report:  {(Path(result['report_dir']) / 'report.html').resolve()}")
     console.print(
-        f'Next:    curate sql "SELECT label_source, count(*) FROM {name}.pairs GROUP BY 1"   |   curate export {name} --format trl --out exports/{name}'
+        f"Next:    curate sql 'SELECT label_source, count(*) FROM \"{name}\".pairs GROUP BY 1'\n"
+        f"         curate export {name} --format trl --out exports/{name}"
     )
 
 
