@@ -7,9 +7,6 @@ source coordinates that make them rows of the ``pairs`` table.
 from __future__ import annotations
 
 import hashlib
-import json
-import re
-import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +32,8 @@ def _digest(payload: str) -> str:
 
 
 def _canonical(messages: list[Message]) -> str:
-    return json.dumps([[m["role"], m["content"]] for m in messages], ensure_ascii=False, separators=(",", ":"))
+    """Length-prefixed role and content of each message: unambiguous, and cheap to build."""
+    return "".join(f"{len(m['role'])}:{m['role']}{len(m['content'])}:{m['content']}" for m in messages)
 
 
 def prompt_id(prompt: list[Message]) -> str:
@@ -45,20 +43,10 @@ def prompt_id(prompt: list[Message]) -> str:
 
 def pair_id(prompt: list[Message], chosen: list[Message], rejected: list[Message]) -> str:
     """Order matters: swapping chosen and rejected is a different pair (a different label)."""
-    return _digest("pair\x1f" + _canonical(prompt) + "\x1f" + _canonical(chosen) + "\x1f" + _canonical(rejected))
+    return content_ids(prompt, chosen, rejected)[1]
 
 
-_SPACE = re.compile(r"\s+")
-
-
-def normalize_text(text: str) -> str:
-    """Text as exact dedup compares it: Unicode NFKC, case-folded, whitespace collapsed."""
-    return _SPACE.sub(" ", unicodedata.normalize("NFKC", text)).strip().casefold()
-
-
-def dedup_key(prompt: list[Message], chosen: list[Message], rejected: list[Message]) -> str:
-    """Hash of the normalised pair: two rows that differ only in case or spacing collide."""
-    parts = []
-    for name, messages in (("p", prompt), ("c", chosen), ("r", rejected)):
-        parts.append(name + "".join(f"\x1e{m['role']}\x1f{normalize_text(m['content'])}" for m in messages))
-    return _digest("\x1d".join(parts))
+def content_ids(prompt: list[Message], chosen: list[Message], rejected: list[Message]) -> tuple[str, str]:
+    """(prompt_id, pair_id), encoding the prompt once."""
+    p = _canonical(prompt)
+    return _digest("prompt\x1f" + p), _digest("pair\x1f" + p + "\x1f" + _canonical(chosen) + "\x1f" + _canonical(rejected))

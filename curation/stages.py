@@ -14,15 +14,23 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from curation import dedup as exact_dedup
 from curation.config import RunConfig
-from curation.dedup import ExactDeduper
 from curation.errors import NoPairs, RowError
 from curation.ingest.adapters import build_adapter
 from curation.ingest.readers import open_source
 from curation.progress import NoProgress, Progress
-from curation.records import pair_id, prompt_id
-from curation.tables import TableWriter, iter_rows
+from curation.records import content_ids
+from curation.tables import TableWriter
 from curation.validate import check_content, check_structure, pair_as_raw
+from curation.validate_fast import suspect_rows
+from schemas import arrow_schema
 
 
 @dataclass
@@ -131,9 +139,10 @@ def _pair_row(draft, src, file: str, row: int, index: int) -> dict[str, Any]:
         value = getattr(draft, name)
         if value is not None and not isinstance(value, (int, float)):
             raise RowError("wrong_type", f"{name} must be a number, got {type(value).__name__}", name)
+    ids = content_ids(draft.prompt, draft.chosen, draft.rejected)
     pair.update(
-        pair_id=pair_id(draft.prompt, draft.chosen, draft.rejected),
-        prompt_id=prompt_id(draft.prompt),
+        pair_id=ids[1],
+        prompt_id=ids[0],
         chosen_score=draft.chosen_score,
         rejected_score=draft.rejected_score,
         label_source=src.label_source,
@@ -148,20 +157,31 @@ def _pair_row(draft, src, file: str, row: int, index: int) -> dict[str, Any]:
 
 
 def validate(cfg: RunConfig, work_dir: str | Path, ingested: StageOutput, progress: Progress | None = None) -> StageOutput:
-    """Apply the recipe's content rules; failing pairs go to quarantine (stage 'validate')."""
+    """Apply the recipe's content rules; failing pairs go to quarantine (stage 'validate').
+
+    A vectorised pre-check flags the pairs that might fail; only those are checked row by
+    row (see ``validate_fast``), and the rest are copied through as Arrow batches.
+    """
     progress = progress or NoProgress()
     work = Path(work_dir)
     started = time.perf_counter()
     rules = cfg.validate_
     roles = frozenset(rules.allowed_roles)
     by_code: Counter[str] = Counter()
+    schema = arrow_schema("pairs")
     progress.start("validate", ingested.counts["pairs_out"])
+    ok_path = work / "validated.parquet"
+    valid = 0
     with (
-        TableWriter(work / "validated.parquet", "pairs", batch_size=cfg.batch_size) as ok_w,
+        pq.ParquetWriter(ok_path, schema, compression="zstd") as ok_w,
         TableWriter(work / "quarantine-validate.parquet", "quarantine", batch_size=cfg.batch_size) as quar_w,
     ):
-        for batch in iter_rows(ingested.files["pairs"], batch_size=cfg.batch_size):
-            for pair in batch:
+        for batch in pq.ParquetFile(ingested.files["pairs"]).iter_batches(batch_size=cfg.batch_size):
+            table = pa.Table.from_batches([batch]).cast(schema)
+            suspect = suspect_rows(pl.from_arrow(table), allowed_roles=roles, allow_empty_prompt=rules.allow_empty_prompt)
+            keep = pa.array(~suspect.to_numpy())
+            for i in suspect.arg_true().to_list():
+                pair = table.slice(i, 1).to_pylist()[0]
                 try:
                     check_content(pair, allowed_roles=roles, allow_empty_prompt=rules.allow_empty_prompt)
                 except RowError as err:
@@ -180,11 +200,14 @@ def validate(cfg: RunConfig, work_dir: str | Path, ingested: StageOutput, progre
                         )
                     )
                     continue
-                ok_w.append(pair)
-            progress.advance(len(batch))
+                keep = pc.if_else(pa.array(np.arange(len(keep)) == i), True, keep)
+            good = table.filter(keep)
+            valid += good.num_rows
+            ok_w.write_table(good)
+            progress.advance(batch.num_rows)
     progress.finish()
-    counts = {"pairs_in": ingested.counts["pairs_out"], "valid": ok_w.rows_written, "quarantined": dict(by_code)}
-    files = {"pairs": str(ok_w.path), "quarantine": str(quar_w.path)}
+    counts = {"pairs_in": ingested.counts["pairs_out"], "valid": valid, "quarantined": dict(by_code)}
+    files = {"pairs": str(ok_path), "quarantine": str(quar_w.path)}
     return StageOutput("validate", files, counts, time.perf_counter() - started)
 
 
@@ -197,36 +220,17 @@ def dedup(cfg: RunConfig, work_dir: str | Path, validated: StageOutput, progress
     progress = progress or NoProgress()
     work = Path(work_dir)
     started = time.perf_counter()
-    deduper = ExactDeduper(enabled=cfg.dedup.exact)
+    source = validated.files["pairs"]
     progress.start("dedup", validated.counts["valid"])
-    with (
-        TableWriter(work / "kept.parquet", "pairs", batch_size=cfg.batch_size) as kept_w,
-        TableWriter(work / "decisions-dedup.parquet", "decisions", batch_size=cfg.batch_size) as dec_w,
-    ):
-        for batch in iter_rows(validated.files["pairs"], batch_size=cfg.batch_size):
-            for pair in batch:
-                matched = deduper.seen(pair)
-                dec_w.append(
-                    {
-                        "pair_id": pair["pair_id"],
-                        "source_dataset": pair["source_dataset"],
-                        "source_file": pair["source_file"],
-                        "source_row": pair["source_row"],
-                        "source_pair_index": pair["source_pair_index"],
-                        "stage": "dedup_exact",
-                        "decision": "kept" if matched is None else "filtered",
-                        "reason": None if matched is None else "exact_duplicate",
-                        "matched_pair_id": matched,
-                    }
-                )
-                if matched is None:
-                    kept_w.append(pair)
-            progress.advance(len(batch))
+    columns = ["pair_id", "prompt", "chosen", "rejected"]
+    dplan = exact_dedup.plan(pq.ParquetFile(source).iter_batches(batch_size=cfg.batch_size, columns=columns), enabled=cfg.dedup.exact)
+    kept_path, dec_path = work / "kept.parquet", work / "decisions-dedup.parquet"
+    kept = exact_dedup.apply(source, kept_path, dec_path, dplan, batch_size=cfg.batch_size)
+    progress.advance(validated.counts["valid"])
     progress.finish()
     counts = {
         "pairs_in": validated.counts["valid"],
-        "kept": kept_w.rows_written,
-        "filtered": {"exact_duplicate": deduper.duplicates} if deduper.duplicates else {},
+        "kept": kept,
+        "filtered": {"exact_duplicate": dplan.duplicates} if dplan.duplicates else {},
     }
-    files = {"pairs": str(kept_w.path), "decisions": str(dec_w.path)}
-    return StageOutput("dedup", files, counts, time.perf_counter() - started)
+    return StageOutput("dedup", {"pairs": str(kept_path), "decisions": str(dec_path)}, counts, time.perf_counter() - started)

@@ -25,27 +25,22 @@ class TableWriter:
         self.names = self.schema.names
         self.batch_size = batch_size
         self.rows_written = 0
-        self._columns: dict[str, list[Any]] = {n: [] for n in self.names}
-        self._pending = 0
+        self._rows: list[dict[str, Any]] = []
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._writer = pq.ParquetWriter(self.path, self.schema, compression="zstd")
 
     def append(self, row: dict[str, Any]) -> None:
-        cols = self._columns
-        for name in self.names:
-            cols[name].append(row.get(name))
-        self._pending += 1
-        if self._pending >= self.batch_size:
+        """Missing keys are written as nulls."""
+        self._rows.append(row)
+        if len(self._rows) >= self.batch_size:
             self.flush()
 
     def flush(self) -> None:
-        if not self._pending:
+        if not self._rows:
             return
-        batch = pa.RecordBatch.from_pydict(self._columns, schema=self.schema)
-        self._writer.write_batch(batch)
-        self.rows_written += self._pending
-        self._columns = {n: [] for n in self.names}
-        self._pending = 0
+        self._writer.write_batch(pa.RecordBatch.from_pylist(self._rows, schema=self.schema))
+        self.rows_written += len(self._rows)
+        self._rows = []
 
     def close(self) -> Path:
         self.flush()

@@ -21,22 +21,31 @@ PAIR_PARTS = ("prompt", "chosen", "rejected")
 
 def check_structure(pair: dict[str, Any]) -> None:
     """Raise RowError unless prompt/chosen/rejected are lists of {role, content} strings."""
+    texts: list[str] = []
     for part in PAIR_PARTS:
         messages = pair.get(part)
         if not isinstance(messages, list):
             raise RowError("wrong_type", f"{part} must be a list of messages, got {type(messages).__name__}", part)
         for i, m in enumerate(messages):
-            where = f"{part}[{i}]"
             if not isinstance(m, dict):
-                raise RowError("wrong_type", f"{where} must be a {{role, content}} object, got {type(m).__name__}", where)
-            for key in ("role", "content"):
-                value = m.get(key)
-                if not isinstance(value, str):
-                    raise RowError("wrong_type", f"{where}.{key} must be a string, got {type(value).__name__}", f"{where}.{key}")
-                try:
-                    value.encode("utf-8")
-                except UnicodeEncodeError:  # lone surrogates, e.g. from a "\ud800" JSON escape
-                    raise RowError("undecodable_text", f"{where}.{key} is not valid Unicode text", f"{where}.{key}") from None
+                raise RowError("wrong_type", f"{part}[{i}] must be a {{role, content}} object, got {type(m).__name__}", f"{part}[{i}]")
+            role, content = m.get("role"), m.get("content")
+            if type(role) is not str or type(content) is not str:
+                key, value = ("role", role) if type(role) is not str else ("content", content)
+                raise RowError("wrong_type", f"{part}[{i}].{key} must be a string, got {type(value).__name__}", f"{part}[{i}].{key}")
+            texts.append(role)
+            texts.append(content)
+    try:
+        "".join(texts).encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates, e.g. from a "\ud800" JSON escape; find where
+        for part in PAIR_PARTS:
+            for i, m in enumerate(pair[part]):
+                for key in ("role", "content"):
+                    try:
+                        m[key].encode("utf-8")
+                    except UnicodeEncodeError:
+                        raise RowError("undecodable_text", f"{part}[{i}].{key} is not valid Unicode text", f"{part}[{i}].{key}") from None
+        raise
 
 
 def check_content(pair: dict[str, Any], *, allowed_roles: frozenset[str], allow_empty_prompt: bool = False) -> None:

@@ -1,0 +1,83 @@
+"""Validation rules, and the vectorised pre-check never missing a pair the rules reject."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from curation.errors import RowError
+from curation.validate import check_content
+from curation.validate_fast import suspect_rows
+
+ROLES = frozenset({"system", "user", "assistant", "tool"})
+TEXT = st.text(alphabet=st.sampled_from([" ", "\t", "\n", "\x1f", "\x85", "\u3000", "a", "B", "é", "?"]), max_size=4)
+MESSAGE = st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system", "wizard"]), "content": TEXT})
+PAIR = st.fixed_dictionaries({"prompt": st.lists(MESSAGE, max_size=3), "chosen": st.lists(MESSAGE, min_size=1, max_size=2), "rejected": st.lists(MESSAGE, min_size=1, max_size=2)})
+
+
+def rejected_by_rules(pair: dict) -> bool:
+    try:
+        check_content(pair, allowed_roles=ROLES)
+    except RowError:
+        return True
+    return False
+
+
+def frame(pairs: list[dict]) -> pl.DataFrame:
+    msg = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
+    return pl.DataFrame(pairs, schema={"prompt": msg, "chosen": msg, "rejected": msg})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(PAIR, min_size=1, max_size=20))
+def test_precheck_flags_every_pair_the_rules_reject(pairs):
+    suspect = suspect_rows(frame(pairs), allowed_roles=ROLES).to_list()
+    for pair, flagged in zip(pairs, suspect):
+        if rejected_by_rules(pair):
+            assert flagged, pair
+
+
+def test_precheck_passes_real_pairs_through(hh_path):
+    from curation.ingest.adapters import build_adapter
+
+    adapt = build_adapter("hh_rlhf", {})
+    pairs = []
+    for i, line in enumerate(hh_path.open()):
+        try:
+            d = adapt(json.loads(line), str(i))[0]
+        except RowError:
+            continue
+        pairs.append({"prompt": d.prompt, "chosen": d.chosen, "rejected": d.rejected})
+    suspect = suspect_rows(frame(pairs), allowed_roles=ROLES).to_list()
+    truly_bad = [rejected_by_rules(p) for p in pairs]
+    assert sum(truly_bad) == 4  # the four empty chosen responses
+    assert all(s for s, bad in zip(suspect, truly_bad) if bad)
+    assert sum(suspect) <= 10  # the pre-check spares almost every good pair the row-by-row check
+
+
+@pytest.mark.parametrize(
+    ("pair", "code", "field"),
+    [
+        ({"prompt": [{"role": "user", "content": " \x1f "}], "chosen": [{"role": "assistant", "content": "a"}], "rejected": [{"role": "assistant", "content": "b"}]}, "empty_prompt", "prompt"),
+        ({"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "user", "content": "a"}], "rejected": [{"role": "assistant", "content": "b"}]}, "invalid_role", "chosen[0].role"),
+        ({"prompt": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "x"}], "chosen": [{"role": "assistant", "content": "a"}], "rejected": [{"role": "assistant", "content": "b"}]}, "invalid_role", "prompt"),
+        ({"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "assistant", "content": " same "}], "rejected": [{"role": "assistant", "content": "same"}]}, "identical_responses", "rejected"),
+    ],
+)
+def test_rules_name_code_and_field(pair, code, field):
+    with pytest.raises(RowError) as err:
+        check_content(pair, allowed_roles=ROLES)
+    assert (err.value.code, err.value.field) == (code, field)
+
+
+@pytest.mark.parametrize("blank", [" ", "\t\n", "\x1c", "\x1f", "\x85", "\u3000", "\u2029 "])
+@pytest.mark.parametrize("part", ["prompt", "chosen", "rejected"])
+def test_precheck_sees_whitespace_as_python_does(blank, part):
+    pair = {"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "assistant", "content": "a"}], "rejected": [{"role": "assistant", "content": "b"}]}
+    pair[part] = [{"role": pair[part][0]["role"], "content": blank}]
+    assert rejected_by_rules(pair)
+    assert suspect_rows(frame([pair]), allowed_roles=ROLES).to_list() == [True]
