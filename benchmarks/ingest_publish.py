@@ -34,10 +34,14 @@ def build_input(path: Path, n: int, seed: int = 0) -> int:
     with path.open("w", encoding="utf-8") as fh:
         for i in range(n):
             base = rows[rng.randrange(len(rows))]
-            tag = i if rng.random() > 0.01 else max(i - 1, 0)  # ~1% exact repeats of a recent tag
+            if i and rng.random() < 0.01:  # ~1% exact repeats of the previous row
+                fh.write(line)
+                written += 1
+                continue
             marker = "\n\nHuman: "
-            row = {k: v.replace(marker, f"{marker}[{tag}] ", 1) for k, v in base.items()}
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            row = {k: v.replace(marker, f"{marker}[{i}] ", 1) for k, v in base.items()}
+            line = json.dumps(row, ensure_ascii=False) + "\n"
+            fh.write(line)
             written += 1
     return written
 

@@ -1,12 +1,11 @@
-"""Streaming writers and readers for contract tables.
+"""Streaming writer for contract tables.
 
 Stages hand each other Parquet files, never whole tables in memory: a writer buffers one
-batch of rows as columns and flushes it to a ParquetWriter with the contract's schema.
+batch of rows and flushes it to a ParquetWriter with the contract's schema.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,13 +51,6 @@ class TableWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def iter_rows(path: str | Path, *, batch_size: int = 5_000) -> Iterator[list[dict[str, Any]]]:
-    """Rows of a staged Parquet file, one list of dicts per batch."""
-    pf = pq.ParquetFile(path)
-    for batch in pf.iter_batches(batch_size=batch_size):
-        yield batch.to_pylist()
 
 
 def count_rows(path: str | Path) -> int:
