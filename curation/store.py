@@ -44,6 +44,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from curation.config import DATASET_NAME, check_dataset_name
 from curation.errors import ConfigError, CurationError, DatasetNotFound
@@ -201,6 +202,37 @@ def _null_predicates(expr: str, f: pa.Field, depth: int = 0) -> list[str]:
         if inner:
             preds.append(f"coalesce(list_bool_or(list_transform({expr}, {var} -> {' OR '.join(inner)})), false)")
     return preds
+
+
+def _link_contract_files(name: str, src: TableSource, folder: Path) -> bool:
+    """Hard-link (or copy) Parquet files that already match the contract into ``folder``.
+
+    The pipeline's stages write contract-schema Parquet, so rewriting it through DuckDB
+    would only cost time and memory (a 1M-row COPY peaked at ~0.9 GB). Anything else
+    (globs, other schemas, Arrow tables, non-contract tables) goes through COPY instead.
+    """
+    contract = contract_schema(name)
+    if contract is None or not isinstance(src, (str, Path, list, tuple)):
+        return False
+    paths = [Path(src)] if isinstance(src, (str, Path)) else [Path(p) for p in src]
+    if not paths or any(any(ch in str(p) for ch in "*?[") or not p.is_file() for p in paths):
+        return False
+    try:
+        metas = [pq.read_metadata(p) for p in paths]
+    except (OSError, pa.ArrowException):
+        return False
+    if any(schema_problems(name, m.schema.to_arrow_schema(), contract) for m in metas):
+        return False
+    keep = [p for p, m in zip(paths, metas) if m.num_rows]
+    if not keep:
+        return False  # COPY writes the one empty file the catalog needs for the schema
+    for i, p in enumerate(keep):
+        target = folder / f"data_{i}.parquet"
+        try:
+            os.link(p, target)
+        except OSError:
+            shutil.copyfile(p, target)
+    return True
 
 
 def contract_schema(table: str) -> pa.Schema | None:
@@ -511,10 +543,11 @@ class DatasetStore:
         folder = files / "main" / name / f"staged-{uuid.uuid4().hex}"
         folder.parent.mkdir(parents=True, exist_ok=True)
         try:
-            sql = self._source_sql(con, name, src)
-            # One file: COPY with FILE_SIZE_BYTES does not keep row order (seen with DuckDB 1.5.5).
             folder.mkdir()
-            con.execute(f"COPY (SELECT * FROM {sql}) TO {lit(folder / 'data_0.parquet')} (FORMAT parquet, COMPRESSION zstd)")
+            if not _link_contract_files(name, src, folder):
+                sql = self._source_sql(con, name, src)
+                # One file: COPY with FILE_SIZE_BYTES does not keep row order (seen with DuckDB 1.5.5).
+                con.execute(f"COPY (SELECT * FROM {sql}) TO {lit(folder / 'data_0.parquet')} (FORMAT parquet, COMPRESSION zstd)")
             glob = lit(folder / "*.parquet")
             schema = con.execute(f"SELECT * FROM read_parquet({glob}) LIMIT 0").to_arrow_table().schema
             rows = con.execute(f"SELECT count(*) FROM read_parquet({glob})").fetchone()[0]
