@@ -31,6 +31,7 @@ def build_input(path: Path, n: int, seed: int = 0) -> int:
     rows = [json.loads(line) for line in SAMPLE.open()]
     rng = random.Random(seed)
     written = 0
+    line = ""
     with path.open("w", encoding="utf-8") as fh:
         for i in range(n):
             base = rows[rng.randrange(len(rows))]

@@ -15,7 +15,7 @@ from curation.errors import CurationError
 from curation.tables import count_rows
 
 
-def funnel(ingested, validated, deduped) -> dict[str, Any]:
+def funnel(ingested, validated, deduped, generated=None) -> dict[str, Any]:
     """The run's funnel as plain numbers, grouped by stage and by reason."""
     ic = ingested.counts
     quarantined_read: dict[str, int] = {}
@@ -38,10 +38,30 @@ def funnel(ingested, validated, deduped) -> dict[str, Any]:
         "quarantined_by_error": {"read/adapt": quarantined_read, "validate": dict(validated.counts["quarantined"])},
         "filtered_by_reason": {"adapt": filtered_adapt, "dedup_exact": dict(deduped.counts["filtered"])},
         "sources": ic["sources"],
+        **({"generated": generated_funnel(generated)} if generated is not None else {}),
     }
 
 
-def check(f: dict[str, Any], ingested, validated, deduped) -> None:
+def generated_funnel(generated) -> dict[str, Any]:
+    """Generated pairs are not input rows, so they get their own line of accounting:
+    pairs_considered = pairs_kept + filtered."""
+    g = generated.counts
+    keys = (
+        "prompts",
+        "strategy",
+        "candidates",
+        "pairs_considered",
+        "pairs_kept",
+        "filtered",
+        "strategies",
+        "diversity",
+        "backend",
+        "params",
+    )
+    return {k: g[k] for k in keys}
+
+
+def check(f: dict[str, Any], ingested, validated, deduped, generated=None) -> None:
     """Raise CurationError if any row is unaccounted for."""
     problems = []
     for name, c in f["sources"].items():
@@ -62,6 +82,15 @@ def check(f: dict[str, Any], ingested, validated, deduped) -> None:
         "dedup decisions": (count_rows(deduped.files["decisions"]), f["pairs_out"] - f["pairs_quarantined"]),
         "kept pairs": (count_rows(deduped.files["pairs"]), f["kept"]),
     }
+    if generated is not None:
+        g = f["generated"]
+        if g["pairs_considered"] != g["pairs_kept"] + sum(g["filtered"].values()):
+            problems.append(f"generated: {g['pairs_considered']} pairs considered != {g['pairs_kept']} kept + {g['filtered']} filtered")
+        on_disk |= {
+            "candidates": (count_rows(generated.files["candidates"]), g["candidates"]),
+            "generated pairs": (count_rows(generated.files["pairs"]), g["pairs_kept"]),
+            "generate decisions": (count_rows(generated.files["decisions"]), g["pairs_considered"]),
+        }
     for what, (found, expected) in on_disk.items():
         if found != expected:
             problems.append(f"{what}: {found} rows staged, {expected} counted")

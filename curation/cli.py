@@ -131,6 +131,18 @@ def print_funnel(result: dict) -> None:
         for o, s, r, n in reasons:
             t.add_row(o, s, r, f"{n:,}")
         console.print(t)
+    if "generated" in f:
+        from curation.report import GENERATION_HEADER, generation_rows
+
+        g = f["generated"]
+        t = Table(
+            title=f"Generation: {g['prompts']} prompts x {g['params']['n']} candidates ({g['backend'].get('model')})", show_header=True
+        )
+        for col in GENERATION_HEADER:
+            t.add_column(col, justify="left" if col == "strategy" else "right")
+        for row in generation_rows(g):
+            t.add_row(*["" if v is None else f"{v:,}" if isinstance(v, int) else str(v) for v in row])
+        console.print(t)
     ok = (
         f["rows_in"] == f["rows_quarantined"] + f["rows_filtered"] + f["rows_with_pairs"]
         and f["pairs_out"] == f["pairs_quarantined"] + f["pairs_filtered"] + f["kept"]
@@ -197,6 +209,9 @@ def check(recipe: Path = typer.Argument(..., help="Recipe YAML to check."), data
     from curation.pipeline import input_fingerprints
 
     cfg = load_config(recipe, data_root=data_root)
+    from curation.generate.stage import check as check_generation
+
+    check_generation(cfg)
     fps = input_fingerprints(cfg)
     console.print(f"Recipe OK: dataset [bold]{cfg.publish.dataset}[/], config hash {cfg.config_hash()}")
     for fp in fps:

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from curation.errors import ConfigError
+from curation.generate.config import GenerateConfig
 
 DATASET_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
@@ -79,10 +80,11 @@ class PublishConfig(Strict):
 class RunConfig(Strict):
     """A whole recipe: ``curate run recipe.yaml``."""
 
-    sources: list[SourceConfig] = Field(min_length=1)
+    sources: list[SourceConfig] = Field(default_factory=list, description="inputs (may be empty only with generate.prompts.from: file)")
     publish: PublishConfig
     validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
     dedup: DedupConfig = Field(default_factory=DedupConfig)
+    generate: GenerateConfig | None = Field(default=None, description="generate candidates for the kept prompts (optional)")
     data_root: str = Field(default="data", description="where datasets, runs and caches live (relative to the working directory)")
     batch_size: int = Field(default=5_000, ge=1)
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
@@ -93,6 +95,8 @@ class RunConfig(Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"source names must be unique, repeated: {', '.join(dupes)}")
+        if not self.sources and (self.generate is None or self.generate.prompts.from_ != "file"):
+            raise ValueError("sources: at least one source is needed (or generate.prompts.from: file)")
         return self
 
     def content_dict(self) -> dict[str, Any]:
@@ -100,6 +104,11 @@ class RunConfig(Strict):
         d = self.model_dump(mode="json", by_alias=True)
         d.pop("data_root", None)
         d.pop("batch_size", None)
+        if d.get("generate") is None:
+            d.pop("generate", None)  # recipes without generation keep the hash they had
+        else:
+            d["generate"].pop("cache_path", None)
+            d["generate"].pop("chunk_size", None)
         return d
 
     def config_hash(self) -> str:
@@ -126,6 +135,9 @@ def parse_config(data: Any, *, where: str = "(inline)", base_dir: Path | None = 
     except ConfigError as err:
         raise ConfigError(f"invalid recipe {where}: {err}") from None
     if base_dir is not None:
+        gen = cfg.generate
+        if gen is not None and gen.prompts.path and not Path(gen.prompts.path).is_absolute():
+            gen.prompts.path = str((base_dir / gen.prompts.path).resolve())
         for src in cfg.sources:
             if src.format != "hf" and not Path(src.path).is_absolute() and not src.path.startswith(("hf://", "s3://")):
                 src.path = str((base_dir / src.path).resolve())

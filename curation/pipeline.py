@@ -18,6 +18,7 @@ from typing import Any
 
 from curation import __version__, accounting, stages
 from curation.config import RunConfig
+from curation.generate import stage as generation
 from curation.ingest.readers import open_source
 from curation.progress import Progress
 from curation.report import write_report
@@ -83,18 +84,30 @@ def _same_inputs(a: list[dict], b: list[dict]) -> bool:
     return sorted(map(key, a)) == sorted(map(key, b))
 
 
-def publish(cfg: RunConfig, run_dir: Path, ingested: StageOutput, validated: StageOutput, deduped: StageOutput) -> tuple[VersionInfo, dict]:
+def publish(
+    cfg: RunConfig,
+    run_dir: Path,
+    ingested: StageOutput,
+    validated: StageOutput,
+    deduped: StageOutput,
+    generated: StageOutput | None = None,
+) -> tuple[VersionInfo, dict]:
     """Check the row accounting on the staged files, then commit one new version."""
-    funnel = accounting.funnel(ingested, validated, deduped)
-    accounting.check(funnel, ingested, validated, deduped)
+    funnel = accounting.funnel(ingested, validated, deduped, generated)
+    accounting.check(funnel, ingested, validated, deduped, generated)
     store = DatasetStore(cfg.data_root)
+    tables: dict[str, Any] = {
+        "pairs": [deduped.files["pairs"]],
+        "decisions": [ingested.files["decisions"], deduped.files["decisions"]],
+        "quarantine": [ingested.files["quarantine"], validated.files["quarantine"]],
+    }
+    if generated is not None:
+        tables["pairs"].append(generated.files["pairs"])
+        tables["decisions"].append(generated.files["decisions"])
+        tables["candidates"] = generated.files["candidates"]
     info = store.publish(
         cfg.publish.dataset,
-        {
-            "pairs": deduped.files["pairs"],
-            "decisions": [ingested.files["decisions"], deduped.files["decisions"]],
-            "quarantine": [ingested.files["quarantine"], validated.files["quarantine"]],
-        },
+        tables,
         config=cfg.content_dict(),
         config_hash=cfg.config_hash(),
         code_version=code_version(),
@@ -114,15 +127,18 @@ def curate(cfg: RunConfig, *, progress: Progress | None = None, force: bool = Fa
     store = DatasetStore(cfg.data_root)
     if not force and (same := find_unchanged(cfg, store)) is not None:
         return unchanged_result(cfg, same)
+    generation.check(cfg)  # unknown backend, missing model, unreachable server: before any work
     run_dir = new_run_dir(cfg)
     timings: dict[str, float] = {}
     ingested = stages.ingest(cfg, run_dir, progress)
     validated = stages.validate(cfg, run_dir, ingested, progress)
     deduped = stages.dedup(cfg, run_dir, validated, progress)
-    for out in (ingested, validated, deduped):
-        timings[out.stage] = out.seconds
+    generated = generation.generate(cfg, run_dir, deduped.files["pairs"], progress) if cfg.generate else None
+    for out in (ingested, validated, deduped, generated):
+        if out is not None:
+            timings[out.stage] = out.seconds
     t0 = time.perf_counter()
-    info, funnel = publish(cfg, run_dir, ingested, validated, deduped)
+    info, funnel = publish(cfg, run_dir, ingested, validated, deduped, generated)
     timings["publish"] = time.perf_counter() - t0
     return finish_run(cfg, run_dir, info, funnel, timings, keep_staging=keep_staging)
 

@@ -23,7 +23,15 @@ def funnel_steps(f: dict[str, Any]) -> list[tuple[str, int]]:
         ("quarantined at validate", -f["pairs_quarantined"]),
         ("filtered (dedup)", -f["pairs_filtered"]),
         ("kept", f["kept"]),
-    ]
+    ] + (
+        [
+            ("generated pairs considered", f["generated"]["pairs_considered"]),
+            ("filtered (generate)", -sum(f["generated"]["filtered"].values())),
+            ("generated pairs kept (unlabeled)", f["generated"]["pairs_kept"]),
+        ]
+        if "generated" in f
+        else []
+    )
 
 
 def reason_rows(f: dict[str, Any]) -> list[tuple[str, str, str, int]]:
@@ -33,6 +41,8 @@ def reason_rows(f: dict[str, Any]) -> list[tuple[str, str, str, int]]:
         rows += [("quarantined", stage, code, n) for code, n in codes.items()]
     for stage, reasons in f["filtered_by_reason"].items():
         rows += [("filtered", stage, reason, n) for reason, n in reasons.items()]
+    if "generated" in f:
+        rows += [("filtered", "generate", reason, n) for reason, n in f["generated"]["filtered"].items()]
     return sorted(rows, key=lambda r: -r[3])
 
 
@@ -65,6 +75,43 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def generation_rows(g: dict[str, Any]) -> list[list[Any]]:
+    """Per strategy: what it cost and how diverse its candidate sets are (i.i.d. is the yardstick)."""
+    rows = []
+    for name, cost in g["strategies"].items():
+        d = g["diversity"].get(name, {})
+        label = f"{name} (published)" if name == g["strategy"] else name
+        rows.append(
+            [
+                label,
+                f"{cost['candidates']}" + (f" ({cost['fallback']} i.i.d. fallback)" if cost.get("fallback") else ""),
+                f"{cost['requests_sent']} / {cost['requests_reused']}",
+                cost["completion_tokens"],
+                d.get("mean_cosine_distance"),
+                d.get("distinct_1"),
+                d.get("distinct_2"),
+                d.get("mean_words"),
+            ]
+        )
+    return rows
+
+
+GENERATION_HEADER = ["strategy", "candidates", "requests sent / reused", "tokens", "cosine distance", "distinct-1", "distinct-2", "words"]
+
+
+def _generation_html(f: dict[str, Any]) -> str:
+    if "generated" not in f:
+        return ""
+    g = f["generated"]
+    b = g["backend"]
+    return (
+        f"<h2>Generation</h2><p>{g['prompts']} prompts, {g['params']['n']} candidates each, model "
+        f"<code>{html.escape(str(b.get('model')))}</code> on <code>{html.escape(str(b.get('backend')))}</code>; "
+        "diversity is the mean over prompts of the candidate set's mean pairwise cosine distance and distinct-n "
+        "(higher is more diverse).</p>" + _table(GENERATION_HEADER, generation_rows(g))
+    )
 
 
 def render_html(summary: dict[str, Any], png: bytes) -> str:
@@ -103,6 +150,7 @@ Query it: <code>curate sql "SELECT * FROM {html.escape(summary["dataset"])}.pair
 <h2>Funnel</h2><img alt="funnel" src="data:image/png;base64,{img}">
 {steps}
 <h2>Filtered and quarantined, by reason</h2>{reasons_html}
+{_generation_html(f)}
 <h2>Sources</h2>{sources}
 <h2>Stage timings</h2>{timings}
 <h2>Inputs</h2>{inputs}

@@ -1,4 +1,4 @@
-"""The spine as a Prefect flow: ingest -> validate -> dedup -> publish, one task each.
+"""The spine as a Prefect flow: ingest -> validate -> dedup -> [generate] -> publish, one task each.
 
 Runs with no Prefect server (ephemeral mode) from the CLI (`curate run`) or from Python
 (`curate_flow("recipes/hh-rlhf-sample.yaml")`); on a server the same flow is deployable.
@@ -17,6 +17,7 @@ from prefect.cache_policies import NO_CACHE
 
 from curation import pipeline, stages
 from curation.config import RunConfig, load_config
+from curation.generate import stage as generation
 from curation.progress import Progress
 from curation.report import funnel_steps, reason_rows
 from curation.stages import StageOutput
@@ -70,11 +71,18 @@ def dedup_task(cfg: RunConfig, run_dir: str, validated: StageOutput) -> StageOut
     return stages.dedup(cfg, run_dir, validated, _progress_for_task())
 
 
+@task(name="generate", cache_policy=NO_CACHE)
+def generate_task(cfg: RunConfig, run_dir: str, deduped: StageOutput) -> StageOutput:
+    return generation.generate(cfg, run_dir, deduped.files["pairs"], _progress_for_task())
+
+
 @task(name="publish", cache_policy=NO_CACHE)
-def publish_task(cfg: RunConfig, run_dir: str, ingested: StageOutput, validated: StageOutput, deduped: StageOutput):
+def publish_task(
+    cfg: RunConfig, run_dir: str, ingested: StageOutput, validated: StageOutput, deduped: StageOutput, generated: StageOutput | None = None
+):
     from pathlib import Path
 
-    return pipeline.publish(cfg, Path(run_dir), ingested, validated, deduped)
+    return pipeline.publish(cfg, Path(run_dir), ingested, validated, deduped, generated)
 
 
 def funnel_markdown(result: pipeline.RunResult) -> str:
@@ -97,13 +105,15 @@ def curate_flow(recipe: str, data_root: str | None = None, force: bool = False, 
     if not force and (same := pipeline.find_unchanged(cfg, store)) is not None:
         get_run_logger().info("%s v%d was built from this config and these inputs; nothing to do", same.dataset, same.version)
         return asdict(pipeline.unchanged_result(cfg, same))
+    generation.check(cfg)  # a bad backend fails before any work
     run_dir = str(pipeline.new_run_dir(cfg))
     ingested = ingest_task(cfg, run_dir)
     validated = validate_task(cfg, run_dir, ingested)
     deduped = dedup_task(cfg, run_dir, validated)
+    generated = generate_task(cfg, run_dir, deduped) if cfg.generate else None
     t0 = time.perf_counter()
-    info, funnel = publish_task(cfg, run_dir, ingested, validated, deduped)
-    timings = {o.stage: o.seconds for o in (ingested, validated, deduped)}
+    info, funnel = publish_task(cfg, run_dir, ingested, validated, deduped, generated)
+    timings = {o.stage: o.seconds for o in (ingested, validated, deduped, generated) if o is not None}
     timings["publish"] = time.perf_counter() - t0
     from pathlib import Path
 

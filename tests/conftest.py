@@ -14,6 +14,9 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # The ephemeral server logs "Stopping temporary server" at exit, after pytest closed stdout.
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
+# Session fixtures for the converted SmolLM2 folder (one conversion per test session).
+pytest_plugins = ["tests.model_fixtures"]
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 SAMPLE_DATA = REPO / "data" / "samples"

@@ -16,7 +16,13 @@ from curation.validate_fast import suspect_rows
 ROLES = frozenset({"system", "user", "assistant", "tool"})
 TEXT = st.text(alphabet=st.sampled_from([" ", "\t", "\n", "\x1f", "\x85", "\u3000", "a", "B", "é", "?"]), max_size=4)
 MESSAGE = st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system", "wizard"]), "content": TEXT})
-PAIR = st.fixed_dictionaries({"prompt": st.lists(MESSAGE, max_size=3), "chosen": st.lists(MESSAGE, min_size=1, max_size=2), "rejected": st.lists(MESSAGE, min_size=1, max_size=2)})
+PAIR = st.fixed_dictionaries(
+    {
+        "prompt": st.lists(MESSAGE, max_size=3),
+        "chosen": st.lists(MESSAGE, min_size=1, max_size=2),
+        "rejected": st.lists(MESSAGE, min_size=1, max_size=2),
+    }
+)
 
 
 def rejected_by_rules(pair: dict) -> bool:
@@ -62,10 +68,42 @@ def test_precheck_passes_real_pairs_through(hh_path):
 @pytest.mark.parametrize(
     ("pair", "code", "field"),
     [
-        ({"prompt": [{"role": "user", "content": " \x1f "}], "chosen": [{"role": "assistant", "content": "a"}], "rejected": [{"role": "assistant", "content": "b"}]}, "empty_prompt", "prompt"),
-        ({"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "user", "content": "a"}], "rejected": [{"role": "assistant", "content": "b"}]}, "invalid_role", "chosen[0].role"),
-        ({"prompt": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "x"}], "chosen": [{"role": "assistant", "content": "a"}], "rejected": [{"role": "assistant", "content": "b"}]}, "invalid_role", "prompt"),
-        ({"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "assistant", "content": " same "}], "rejected": [{"role": "assistant", "content": "same"}]}, "identical_responses", "rejected"),
+        (
+            {
+                "prompt": [{"role": "user", "content": " \x1f "}],
+                "chosen": [{"role": "assistant", "content": "a"}],
+                "rejected": [{"role": "assistant", "content": "b"}],
+            },
+            "empty_prompt",
+            "prompt",
+        ),
+        (
+            {
+                "prompt": [{"role": "user", "content": "q"}],
+                "chosen": [{"role": "user", "content": "a"}],
+                "rejected": [{"role": "assistant", "content": "b"}],
+            },
+            "invalid_role",
+            "chosen[0].role",
+        ),
+        (
+            {
+                "prompt": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "x"}],
+                "chosen": [{"role": "assistant", "content": "a"}],
+                "rejected": [{"role": "assistant", "content": "b"}],
+            },
+            "invalid_role",
+            "prompt",
+        ),
+        (
+            {
+                "prompt": [{"role": "user", "content": "q"}],
+                "chosen": [{"role": "assistant", "content": " same "}],
+                "rejected": [{"role": "assistant", "content": "same"}],
+            },
+            "identical_responses",
+            "rejected",
+        ),
     ],
 )
 def test_rules_name_code_and_field(pair, code, field):
@@ -77,7 +115,11 @@ def test_rules_name_code_and_field(pair, code, field):
 @pytest.mark.parametrize("blank", [" ", "\t\n", "\x1c", "\x1f", "\x85", "\u3000", "\u2029 "])
 @pytest.mark.parametrize("part", ["prompt", "chosen", "rejected"])
 def test_precheck_sees_whitespace_as_python_does(blank, part):
-    pair = {"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "assistant", "content": "a"}], "rejected": [{"role": "assistant", "content": "b"}]}
+    pair = {
+        "prompt": [{"role": "user", "content": "q"}],
+        "chosen": [{"role": "assistant", "content": "a"}],
+        "rejected": [{"role": "assistant", "content": "b"}],
+    }
     pair[part] = [{"role": pair[part][0]["role"], "content": blank}]
     assert rejected_by_rules(pair)
     assert suspect_rows(frame([pair]), allowed_roles=ROLES).to_list() == [True]
