@@ -12,7 +12,7 @@ import hashlib
 import io
 import sys
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -74,6 +74,28 @@ class RowBudget:
 
     def record(self, pos: int, count: int) -> None:
         self.taken[pos] = count
+
+
+def limited(budget: RowBudget, pos: int, make_rows: Callable[[int], Iterator[RawRow]]) -> Iterator[RawRow]:
+    """The rows of ``make_rows(allowance)``, cut at reader ``pos``'s share of the source limit;
+    how many were yielded is recorded in ``budget`` however the pass ends. Readers size
+    their batches by ``allowance`` and leave the counting to this one place."""
+    allowance = budget.allowance(pos)
+    count = 0
+    try:
+        if allowance <= 0:
+            return
+        rows = make_rows(allowance)
+        try:
+            for row in rows:
+                yield row
+                count += 1
+                if count >= allowance:
+                    return
+        finally:
+            rows.close()
+    finally:
+        budget.record(pos, count)
 
 
 def error_row(index: int, code: str, message: str, raw: str | None, raw_bytes: int) -> RawRow:
@@ -203,7 +225,8 @@ def file_fingerprint(path: Path) -> dict[str, Any]:
 class FileReaderBase:
     """Label, limit and fingerprint bookkeeping shared by the file-based readers.
 
-    ``rows()`` of a subclass calls ``_finished(hashed)`` after a full pass, so that
+    A subclass yields its rows from ``_rows(allowance)`` (``rows()`` applies the limit) and
+    calls ``_finished(hashed)`` after a full pass, so that
     ``fingerprint()`` uses the sha256 computed while streaming; otherwise (no pass yet,
     a pass cut short by the limit) it reads the file.
     """
@@ -216,6 +239,12 @@ class FileReaderBase:
         self._budget = budget or RowBudget()
         self._pos = pos
         self._digest: dict[str, Any] | None = None
+
+    def rows(self) -> Iterator[RawRow]:
+        return limited(self._budget, self._pos, self._rows)
+
+    def _rows(self, allowance: int) -> Iterator[RawRow]:
+        raise NotImplementedError
 
     def _finished(self, hashed: _HashingRaw) -> None:
         hashed.drain()

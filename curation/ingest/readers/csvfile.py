@@ -86,48 +86,37 @@ class CsvReader(FileReaderBase):
     """A .csv (or .csv.gz) file with a header row; Excel dialect (comma, double quotes),
     strict quoting, so a broken quote is a ``csv_error`` row rather than a silent merge."""
 
-    def rows(self) -> Iterator[RawRow]:
-        allowance = self._budget.allowance(self._pos)
-        count = 0
+    def _rows(self, allowance: int) -> Iterator[RawRow]:
         if csv.field_size_limit() <= self.max_row_bytes:
             csv.field_size_limit(self.max_row_bytes + 1)
-        try:
-            if allowance <= 0:
-                return
-            stream, hashed = open_stream(self.path)
-            with hashed, stream:
-                lines = _Lines(stream, self.max_row_bytes, self.raw_limit_bytes)
-                try:
-                    skip_bom(stream)
-                    reader = csv.reader(lines, strict=True)
-                    header: list[str] | None = None
-                    while True:
-                        lines.start_record()
-                        try:
-                            fields = next(reader)
-                        except StopIteration:
-                            break
-                        except csv.Error as err:
-                            row = self._csv_error(lines, err)
-                        else:
-                            if not fields:  # a blank line
-                                continue
-                            if header is None:
-                                header = self._header(fields, lines)
-                                continue
-                            row = self._row(fields, header, lines)
-                        yield row
-                        count += 1
-                        if count >= allowance:
-                            return
-                except GZIP_ERRORS as err:
-                    yield truncated_row(self.label, lines.line + 1, err)
-                    count += 1
-                except OSError as err:
-                    raise SourceError(f"error while reading {self.label}: {err.strerror or err}") from None
-                self._finished(hashed)
-        finally:
-            self._budget.record(self._pos, count)
+        stream, hashed = open_stream(self.path)
+        with hashed, stream:
+            lines = _Lines(stream, self.max_row_bytes, self.raw_limit_bytes)
+            try:
+                skip_bom(stream)
+                reader = csv.reader(lines, strict=True)
+                header: list[str] | None = None
+                while True:
+                    lines.start_record()
+                    try:
+                        fields = next(reader)
+                    except StopIteration:
+                        break
+                    except csv.Error as err:
+                        row = self._csv_error(lines, err)
+                    else:
+                        if not fields:  # a blank line
+                            continue
+                        if header is None:
+                            header = self._header(fields, lines)
+                            continue
+                        row = self._row(fields, header, lines)
+                    yield row
+            except GZIP_ERRORS as err:
+                yield truncated_row(self.label, lines.line + 1, err)
+            except OSError as err:
+                raise SourceError(f"error while reading {self.label}: {err.strerror or err}") from None
+            self._finished(hashed)
 
     def _header(self, fields: list[str], lines: _Lines) -> list[str]:
         if lines.bad:

@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from curation.errors import SourceError
-from curation.ingest.readers._common import RawRow, RowBudget
+from curation.ingest.readers._common import RawRow, RowBudget, limited
 from curation.ingest.readers.render import render_rows
 
 BATCH_ROWS = 4096
@@ -54,21 +54,13 @@ class HFReader:
         self._pos = pos
 
     def rows(self) -> Iterator[RawRow]:
-        allowance = self._budget.allowance(self._pos)
-        count = 0
-        try:
-            if allowance <= 0:
-                return
-            start = 0
-            for table in self.ds.with_format("arrow").iter(batch_size=min(BATCH_ROWS, allowance)):
-                for row in render_rows(table.to_pylist(), start, self.max_row_bytes, self.raw_limit_bytes, "row"):
-                    yield row
-                    count += 1
-                    if count >= allowance:
-                        return
-                start += table.num_rows
-        finally:
-            self._budget.record(self._pos, count)
+        return limited(self._budget, self._pos, self._rows)
+
+    def _rows(self, allowance: int) -> Iterator[RawRow]:
+        start = 0
+        for table in self.ds.with_format("arrow").iter(batch_size=min(BATCH_ROWS, allowance)):
+            yield from render_rows(table.to_pylist(), start, self.max_row_bytes, self.raw_limit_bytes, "row")
+            start += table.num_rows
 
     def fingerprint(self) -> dict[str, Any]:
         return {"id": self.label, "fingerprint": self.ds._fingerprint}

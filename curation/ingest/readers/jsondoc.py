@@ -35,41 +35,27 @@ from curation.ingest.readers.render import render_rows
 class JsonReader(FileReaderBase):
     """A .json (or .json.gz) file: an array of rows, or JSONL under a .json name."""
 
-    def rows(self) -> Iterator[RawRow]:
+    def _rows(self, allowance: int) -> Iterator[RawRow]:
         if self._looks_like_jsonl():
-            inner = JsonlReader(
-                self.path, max_row_bytes=self.max_row_bytes, raw_limit_bytes=self.raw_limit_bytes, budget=self._budget, pos=self._pos
-            )
-            yield from inner.rows()
+            inner = JsonlReader(self.path, max_row_bytes=self.max_row_bytes, raw_limit_bytes=self.raw_limit_bytes)
+            yield from inner._rows(allowance)
             self._digest = inner._digest
             return
-        allowance = self._budget.allowance(self._pos)
-        count = 0
-        try:
-            if allowance <= 0:
-                return
-            stream, hashed = open_stream(self.path)
-            with hashed, stream:
-                try:
-                    skip_bom(stream)
-                    data = stream.read()
-                except GZIP_ERRORS as err:
-                    yield truncated_row(self.label, 0, err)
-                    count = 1
-                    self._finished(hashed)
-                    return
-                except OSError as err:
-                    raise SourceError(f"error while reading {self.label}: {err.strerror or err}") from None
+        stream, hashed = open_stream(self.path)
+        with hashed, stream:
+            try:
+                skip_bom(stream)
+                data = stream.read()
+            except GZIP_ERRORS as err:
                 self._finished(hashed)
-            items = self._items(data)
-            del data
-            for row in render_rows(items, 0, self.max_row_bytes, self.raw_limit_bytes, "element"):
-                yield row
-                count += 1
-                if count >= allowance:
-                    return
-        finally:
-            self._budget.record(self._pos, count)
+                yield truncated_row(self.label, 0, err)
+                return
+            except OSError as err:
+                raise SourceError(f"error while reading {self.label}: {err.strerror or err}") from None
+            self._finished(hashed)
+        items = self._items(data)
+        del data
+        yield from render_rows(items, 0, self.max_row_bytes, self.raw_limit_bytes, "element")
 
     def _items(self, data: bytes) -> list[Any]:
         try:

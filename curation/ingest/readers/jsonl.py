@@ -60,62 +60,48 @@ class JsonlReader(FileReaderBase):
     """A .jsonl / .ndjson file, optionally gzipped. Blank lines are skipped but counted,
     so ``RawRow.index`` is always line number - 1."""
 
-    def rows(self) -> Iterator[RawRow]:
-        allowance = self._budget.allowance(self._pos)
-        count = 0
-        try:
-            if allowance <= 0:
-                return
-            stream, hashed = open_stream(self.path)
-            with hashed, stream:
-                index = -1
-                try:
-                    skip_bom(stream)
-                    readline = stream.readline
-                    max_bytes = self.max_row_bytes
-                    raw_limit = self.raw_limit_bytes
-                    chunk = max_bytes + 2  # room for "\r\n" after a row of exactly max_bytes
-                    loads = _loads
-                    while True:
-                        line = readline(chunk)
-                        if not line:
-                            break
-                        index += 1
-                        if len(line) > max_bytes:
-                            row = self._oversized(index, line, readline, chunk)
-                            if row is not None:
-                                yield row
-                                count += 1
-                                if count >= allowance:
-                                    return
-                                continue
-                        try:
-                            value = loads(line)
-                        except (ValueError, RecursionError):
-                            row = self._checked(index, line)
-                            if row is None:  # blank line
-                                continue
+    def _rows(self, allowance: int) -> Iterator[RawRow]:
+        stream, hashed = open_stream(self.path)
+        with hashed, stream:
+            index = -1
+            try:
+                skip_bom(stream)
+                readline = stream.readline
+                max_bytes = self.max_row_bytes
+                raw_limit = self.raw_limit_bytes
+                chunk = max_bytes + 2  # room for "\r\n" after a row of exactly max_bytes
+                loads = _loads
+                while True:
+                    line = readline(chunk)
+                    if not line:
+                        break
+                    index += 1
+                    if len(line) > max_bytes:
+                        row = self._oversized(index, line, readline, chunk)
+                        if row is not None:
+                            yield row
+                            continue
+                    try:
+                        value = loads(line)
+                    except (ValueError, RecursionError):
+                        row = self._checked(index, line)
+                        if row is None:  # blank line
+                            continue
+                    else:
+                        body = line.rstrip(b"\r\n")
+                        size = len(body)
+                        # the parser checked the UTF-8; "replace" only guards, at no cost
+                        raw = (body if size <= raw_limit else cut_utf8(body, raw_limit)).decode("utf-8", "replace")
+                        if type(value) is dict:
+                            row = RawRow(index, value, raw, size, None)
                         else:
-                            body = line.rstrip(b"\r\n")
-                            size = len(body)
-                            # the parser checked the UTF-8; "replace" only guards, at no cost
-                            raw = (body if size <= raw_limit else cut_utf8(body, raw_limit)).decode("utf-8", "replace")
-                            if type(value) is dict:
-                                row = RawRow(index, value, raw, size, None)
-                            else:
-                                row = not_an_object(index, f"line {index + 1}", value, raw, size)
-                        yield row
-                        count += 1
-                        if count >= allowance:
-                            return
-                except GZIP_ERRORS as err:
-                    yield truncated_row(self.label, index + 1, err)
-                    count += 1
-                except OSError as err:
-                    raise SourceError(f"error while reading {self.label}: {err.strerror or err}") from None
-                self._finished(hashed)
-        finally:
-            self._budget.record(self._pos, count)
+                            row = not_an_object(index, f"line {index + 1}", value, raw, size)
+                    yield row
+            except GZIP_ERRORS as err:
+                yield truncated_row(self.label, index + 1, err)
+            except OSError as err:
+                raise SourceError(f"error while reading {self.label}: {err.strerror or err}") from None
+            self._finished(hashed)
 
     def _oversized(self, index: int, line: bytes, readline: Any, chunk: int) -> RawRow | None:
         """A line longer than max_row_bytes, judged by size alone; None if it fits after all

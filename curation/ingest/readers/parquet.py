@@ -43,29 +43,16 @@ class ParquetReader(FileReaderBase):
         meta = open_parquet(self.path).metadata  # fail at open time, not mid-run
         self.num_rows = meta.num_rows
 
-    def rows(self) -> Iterator[RawRow]:
-        allowance = self._budget.allowance(self._pos)
-        count = 0
-        try:
-            if allowance <= 0:
-                return
-            pf = open_parquet(self.path)
-            batches = pf.iter_batches(batch_size=min(BATCH_ROWS, allowance))
-            start = 0
-            while True:
-                try:
-                    batch = next(batches, None)
-                except (pa.ArrowException, OSError, ValueError) as err:
-                    raise SourceError(
-                        f"cannot read {self.label} after row {start}: the Parquet data is corrupt ({_first_line(err)})"
-                    ) from None
-                if batch is None:
-                    break
-                for row in render_rows(batch.to_pylist(), start, self.max_row_bytes, self.raw_limit_bytes, "row"):
-                    yield row
-                    count += 1
-                    if count >= allowance:
-                        return
-                start += batch.num_rows
-        finally:
-            self._budget.record(self._pos, count)
+    def _rows(self, allowance: int) -> Iterator[RawRow]:
+        pf = open_parquet(self.path)
+        batches = pf.iter_batches(batch_size=min(BATCH_ROWS, allowance))
+        start = 0
+        while True:
+            try:
+                batch = next(batches, None)
+            except (pa.ArrowException, OSError, ValueError) as err:
+                raise SourceError(f"cannot read {self.label} after row {start}: the Parquet data is corrupt ({_first_line(err)})") from None
+            if batch is None:
+                break
+            yield from render_rows(batch.to_pylist(), start, self.max_row_bytes, self.raw_limit_bytes, "row")
+            start += batch.num_rows
