@@ -45,20 +45,7 @@ def funnel(ingested, validated, deduped, generated=None) -> dict[str, Any]:
 def generated_funnel(generated) -> dict[str, Any]:
     """Generated pairs are not input rows, so they get their own line of accounting:
     pairs_considered = pairs_kept + filtered."""
-    g = generated.counts
-    keys = (
-        "prompts",
-        "strategy",
-        "candidates",
-        "pairs_considered",
-        "pairs_kept",
-        "filtered",
-        "strategies",
-        "diversity",
-        "backend",
-        "params",
-    )
-    return {k: g[k] for k in keys}
+    return dict(generated.counts)
 
 
 def check(f: dict[str, Any], ingested, validated, deduped, generated=None) -> None:

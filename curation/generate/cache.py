@@ -85,8 +85,8 @@ def _result_from_json(d: dict[str, Any]) -> GenerationResult:
 class CachedGenerator:
     """``backend.generate`` through the cache, in chunks, each chunk committed as it ends.
 
-    ``on_chunk(n_done)`` reports progress. ``sent`` counts requests actually sent to the
-    backend in this process (the rest came from the cache).
+    ``on_chunk(n_done)``, when set, reports progress in requests finished. ``sent`` counts
+    requests actually sent to the backend in this process (the rest came from the cache).
     """
 
     def __init__(self, backend: ModelBackend, model_identity: dict[str, Any], cache: RequestCache, *, chunk_size: int = 8):
@@ -99,18 +99,14 @@ class CachedGenerator:
     def key(self, conversation: Conversation, params: SamplingParams) -> str:
         return request_key("generate", self.identity, params, conversation)
 
-    def generate(
-        self,
-        requests: Sequence[tuple[Conversation, SamplingParams]],
-        on_chunk: Callable[[int], None] | None = None,
-    ) -> list[tuple[str, GenerationResult]]:
+    def generate(self, requests: Sequence[tuple[Conversation, SamplingParams]]) -> list[tuple[str, GenerationResult]]:
         """(cache key, result) per request, in order. Requests may have different params."""
-        on_chunk = on_chunk or self.on_chunk
         keys = [self.key(c, p) for c, p in requests]
         done = {k: _result_from_json(v) for k, v in self.cache.get_many(keys).items()}
-        self.reused += sum(1 for k in keys if k in done)
-        if on_chunk and done:
-            on_chunk(sum(1 for k in keys if k in done))
+        reused = sum(1 for k in keys if k in done)
+        self.reused += reused
+        if self.on_chunk and reused:
+            self.on_chunk(reused)
         todo: dict[str, tuple[Conversation, SamplingParams]] = {}
         for key, req in zip(keys, requests):
             if key not in done:
@@ -128,8 +124,9 @@ class CachedGenerator:
                     done[k] = r
                     self._add_usage(r.usage)
                 self.sent += len(chunk)
-                if on_chunk:
-                    on_chunk(sum(1 for k in keys if k in chunk))
+                if self.on_chunk:
+                    sent = set(chunk)
+                    self.on_chunk(sum(1 for k in keys if k in sent))
         return [(k, done[k]) for k in keys]
 
     def _add_usage(self, u: Usage) -> None:

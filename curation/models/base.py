@@ -179,6 +179,21 @@ def with_system(conversation: Conversation, system_prompt: str | None) -> Conver
     return [{"role": "system", "content": system_prompt}, *rest]
 
 
+JSON_INSTRUCTION = "Answer only with one JSON object that matches this JSON Schema, and no other text:\n{schema}"
+
+
+def with_json_instruction(conversation: Conversation, schema: dict) -> Conversation:
+    """The conversation with the JSON instruction added to its system turn, or as a new one:
+    added, not replaced, so a judge's own system prompt still applies."""
+    import json
+
+    instruction = JSON_INSTRUCTION.format(schema=json.dumps(schema, ensure_ascii=False))
+    turns = [{"role": m["role"], "content": m["content"]} for m in conversation]
+    if turns and turns[0]["role"] == "system":
+        return [{"role": "system", "content": f"{turns[0]['content']}\n\n{instruction}"}, *turns[1:]]
+    return [{"role": "system", "content": instruction}, *turns]
+
+
 def parse_json_reply(text: str, schema: dict) -> tuple[Any | None, str | None]:
     """Strict JSON parsing for structured replies: the first JSON object in ``text``.
 

@@ -48,6 +48,7 @@ from curation.models.base import (
     Unsupported,
     Usage,
     parse_json_reply,
+    with_json_instruction,
 )
 from curation.models.config import BackendConfig
 
@@ -61,7 +62,6 @@ CHAT = "/chat/completions"
 COMPLETIONS = "/completions"
 START_SERVER_HINT = "python -m vllm.entrypoints.openai.api_server --model DIR --host 127.0.0.1 --port 8000"
 CHECK_TIMEOUT_S = 5.0
-JSON_INSTRUCTION = "Answer only with a JSON object that matches this JSON Schema, with no other text:\n{schema}"
 
 
 class ServerRejected(BackendError):
@@ -262,16 +262,6 @@ def split_completion_tokens(total: int, texts: Sequence[str], finishes: Sequence
             floors[k] += 1
         counts.update(zip(free, floors))
     return [counts[i] for i in range(len(texts))]
-
-
-def _with_json_instruction(conversation: Conversation, schema: dict) -> Conversation:
-    """The conversation with the JSON instruction added to its system turn (kept, not replaced:
-    a judge's system prompt still applies)."""
-    instruction = JSON_INSTRUCTION.format(schema=json.dumps(schema, ensure_ascii=False))
-    system = [m["content"] for m in conversation if m.get("role") == "system"]
-    rest = [m for m in conversation if m.get("role") != "system"]
-    content = "\n\n".join([*system, instruction])
-    return [{"role": "system", "content": content}, *rest]
 
 
 async def _gather_all(coros: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
@@ -676,7 +666,7 @@ class OpenAIBackend(ModelBackend):
                     raise
                 spent.attempts += 1
         if reply is None:
-            messages = _with_json_instruction(conversation, schema)
+            messages = with_json_instruction(conversation, schema)
             reply, plain = await self._call("structured chat", CHAT, {**kwargs, "messages": messages, "n": 1})
             spent.add(plain)
             # The plain request passed where the constrained one was rejected: the server does

@@ -25,7 +25,6 @@ Guarantees worth knowing (they are what the tests check):
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -47,6 +46,7 @@ from curation.models.base import (
     StructuredReply,
     Usage,
     parse_json_reply,
+    with_json_instruction,
 )
 from curation.models.config import BackendConfig
 from curation.models.local_models import check_causal_lm, resolve_model_dir
@@ -54,7 +54,6 @@ from curation.models.local_models import check_causal_lm, resolve_model_dir
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16"}
 # Scored tokens per forward pass: their logits are (tokens x vocab) floats, ~200 MB at 1024 x 49152.
 SCORE_TOKEN_BUDGET = 1024
-JSON_INSTRUCTION = "Answer only with one JSON object that matches this JSON Schema, and no other text:\n{schema}"
 
 
 def _say(msg: str) -> None:
@@ -371,9 +370,8 @@ class TransformersBackend(ModelBackend):
         instructions survive) and the reply is prefilled with ``{``: small models then answer
         with JSON far more often. Anything unparsable is returned as an error, never a default.
         """
-        instruction = JSON_INSTRUCTION.format(schema=json.dumps(schema, ensure_ascii=False))
         prefill = self.response_ids("{")
-        prompts = [self.prompt_ids(_with_instruction(c, instruction)) + prefill for c in conversations]
+        prompts = [self.prompt_ids(with_json_instruction(c, schema)) + prefill for c in conversations]
         results = self._generate_ids(prompts, replace(params, n=1))
         replies = []
         for res in results:
@@ -381,14 +379,6 @@ class TransformersBackend(ModelBackend):
             value, error = parse_json_reply(text, schema)
             replies.append(StructuredReply(text=text, value=value, error=error, usage=res.usage))
         return replies
-
-
-def _with_instruction(conversation: Conversation, instruction: str) -> Conversation:
-    """The conversation with ``instruction`` added to its system turn (or as a new one)."""
-    conversation = list(conversation)
-    if conversation and conversation[0].get("role") == "system":
-        return [{"role": "system", "content": f"{conversation[0]['content']}\n\n{instruction}"}, *conversation[1:]]
-    return [{"role": "system", "content": instruction}, *conversation]
 
 
 def _target_logprobs(logits: Any, targets: Any, chunk: int = 256) -> Any:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import gc
 import importlib.util
-import json
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -39,6 +38,7 @@ from curation.models.base import (
     StructuredReply,
     Usage,
     parse_json_reply,
+    with_json_instruction,
 )
 from curation.models.config import BackendConfig
 from curation.models.local_models import SMOLLM2_DIR, check_causal_lm, is_smollm2, resolve_model_dir
@@ -53,7 +53,6 @@ VLLM_MISSING = (
     "and set `backend: openai` with `base_url: http://HOST:PORT/v1`"
 )
 RESERVED_ENGINE_ARGS = frozenset({"model"})
-JSON_INSTRUCTION = "Answer only with one JSON object that matches this JSON Schema, and no other text:\n{schema}"
 
 
 def set_cpu_env_defaults() -> dict[str, str]:
@@ -76,15 +75,6 @@ def _model_dir(model: str, data_root: Path) -> Path:
         if (converted / "config.json").is_file():
             return converted.resolve()
     return resolve_model_dir(model, data_root)
-
-
-def _with_instruction(conversation: Conversation, instruction: str) -> Conversation:
-    """The conversation with ``instruction`` added to its system turn (or as a new one), so a
-    judge's own system prompt survives."""
-    turns = [{"role": m["role"], "content": m["content"]} for m in conversation]
-    if turns and turns[0]["role"] == "system":
-        return [{"role": "system", "content": f"{turns[0]['content']}\n\n{instruction}"}, *turns[1:]]
-    return [{"role": "system", "content": instruction}, *turns]
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterator[tuple[int, Sequence[Any]]]:
@@ -251,10 +241,9 @@ class VLLMBackend(ModelBackend):
         """
         from vllm.sampling_params import StructuredOutputsParams
 
-        instruction = JSON_INSTRUCTION.format(schema=json.dumps(schema, ensure_ascii=False))
         one = dataclasses.replace(params, n=1)
         sampling = self._sampling(one, structured_outputs=StructuredOutputsParams(json=schema, disable_any_whitespace=True))
-        asked = [_with_instruction(c, instruction) for c in conversations]
+        asked = [with_json_instruction(c, schema) for c in conversations]
         replies: list[StructuredReply] = []
         for result in self._generate(asked, one, sampling):
             gen = result.generations[0]

@@ -308,18 +308,7 @@ class OpenAIStub:
             completion_tokens += len(text.split())
             choices.append({"index": index, "message": {"role": "assistant", "content": text}, "finish_reason": finish, "logprobs": None})
         prompt_tokens = sum(len(str(m.get("content", "")).split()) + 3 for m in messages)
-        return 200, {
-            "id": f"chatcmpl-{_digest(json.dumps(body, sort_keys=True)) % 10**12}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": body.get("model", self.model),
-            "choices": choices,
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
-        }
+        return 200, self._reply("chatcmpl", "chat.completion", body, choices, prompt_tokens, completion_tokens)
 
     def completion(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         echo, logprobs = bool(body.get("echo")), body.get("logprobs")
@@ -347,9 +336,15 @@ class OpenAIStub:
                     "top_logprobs": [None if lp is None else {tok: lp} for _, tok, lp in entries] if logprobs else None,
                 }
             choices.append(choice)
-        return 200, {
-            "id": f"cmpl-{_digest(json.dumps(body, sort_keys=True)) % 10**12}",
-            "object": "text_completion",
+        return 200, self._reply("cmpl", "text_completion", body, choices, prompt_tokens, completion_tokens)
+
+    def _reply(
+        self, prefix: str, kind: str, body: dict[str, Any], choices: list, prompt_tokens: int, completion_tokens: int
+    ) -> dict[str, Any]:
+        """The response envelope both endpoints share: id, object, model, choices, usage."""
+        return {
+            "id": f"{prefix}-{_digest(json.dumps(body, sort_keys=True)) % 10**12}",
+            "object": kind,
             "created": int(time.time()),
             "model": body.get("model", self.model),
             "choices": choices,
