@@ -163,7 +163,7 @@ def run(
     force: bool = typer.Option(False, "--force", help="Publish a new version even if config and inputs are unchanged."),
     keep_staging: bool = typer.Option(False, "--keep-staging", help="Keep the run folder's staged Parquet files."),
 ) -> None:
-    """Run a recipe: ingest -> validate -> dedup -> publish a new dataset version.
+    """Run a recipe: ingest -> validate -> dedup -> [generate] -> publish a new dataset version.
 
     Prints the funnel and where the dataset and its report are. Runs as a Prefect flow
     (no server needed) unless --local.
@@ -407,6 +407,8 @@ def export(
         info={"dataset": name, "version": info.version, "config_hash": info.config_hash},
     )
     console.print(f"Exported {name}@{info.version} ({style}): " + ", ".join(f"{k} {v:,}" for k, v in result.counts.items()))
+    if result.skipped_unlabeled:
+        console.print(f"Skipped {result.skipped_unlabeled:,} unlabeled (generated) pairs: label them before training on them.")
     for f in result.files:
         console.print(f"  {f}")
 

@@ -62,6 +62,7 @@ class ExportResult:
     style: str  # "standard" | "conversational"
     counts: dict[str, int]  # {"train": n, "test": m}
     files: list[Path] = field(default_factory=list)  # every file written
+    skipped_unlabeled: int = 0  # generated pairs nobody has labeled yet: not training data
 
 
 def split_key(seed: int, pair_id: str) -> float:
@@ -108,8 +109,13 @@ def export_trl(
     try:
         need_parquet = "parquet" in formats or "hf" in formats
         writers = {s: _SplitWriter(staging, s, out_schema, need_parquet, "jsonl" in formats) for s in SPLITS}
+        skipped = 0
         try:
             for batch in batches:
+                if "label_source" in batch.schema.names:  # an unlabeled pair's order is arbitrary
+                    labeled = pc.not_equal(batch.column("label_source"), "unlabeled")
+                    skipped += batch.num_rows - (pc.sum(labeled).as_py() or 0)
+                    batch = batch.filter(labeled)
                 rendered = _render(batch, style, chat_template_tokenizer, out_schema)
                 mask = pa.array([split_key(seed, p) < test_size for p in batch.column("pair_id").to_pylist()])
                 writers["test"].write(rendered.filter(mask))
@@ -125,7 +131,8 @@ def export_trl(
                 (staging / f"{s}.parquet").unlink()
         (staging / "export_info.json").write_text(
             json.dumps(
-                _export_info(style, formats, counts, seed, test_size, out_schema, chat_template_tokenizer, info),
+                _export_info(style, formats, counts, seed, test_size, out_schema, chat_template_tokenizer, info)
+                | {"skipped_unlabeled": skipped},
                 indent=2,
                 default=str,
             )
@@ -138,7 +145,7 @@ def export_trl(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     files = sorted(p for p in out.rglob("*") if p.is_file())
-    return ExportResult(out_dir=out, style=style, counts=counts, files=files)
+    return ExportResult(out_dir=out, style=style, counts=counts, files=files, skipped_unlabeled=skipped)
 
 
 def _check_args(style: str, formats: Sequence[str], test_size: float, keep_columns: Sequence[str]) -> list[str]:

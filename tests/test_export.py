@@ -212,3 +212,16 @@ def load_from_disk_counts(path: Path) -> dict[str, int]:
     from datasets import load_from_disk
 
     return {s: d.num_rows for s, d in load_from_disk(str(path)).items()}
+
+
+def test_unlabeled_pairs_are_not_exported_as_training_data(hh_table: pa.Table, tmp_path: Path) -> None:
+    """Generated pairs carry label_source 'unlabeled': their chosen/rejected order is arbitrary."""
+    small = hh_table.slice(0, 40)
+    labels = ["unlabeled" if i % 4 == 0 else "human" for i in range(small.num_rows)]
+    mixed = small.set_column(small.schema.get_field_index("label_source"), "label_source", pa.array(labels))
+    res = export_trl(mixed, tmp_path / "mixed", formats=["jsonl"])
+    assert res.skipped_unlabeled == 10 and sum(res.counts.values()) == 30
+    exported = {json.loads(line)["pair_id"] for s in ("train", "test") for line in (res.out_dir / f"{s}.jsonl").read_text().splitlines()}
+    unlabeled = {p for p, lab in zip(mixed.column("pair_id").to_pylist(), labels) if lab == "unlabeled"}
+    assert exported and not exported & unlabeled
+    assert json.loads((res.out_dir / "export_info.json").read_text())["skipped_unlabeled"] == 10
