@@ -141,11 +141,14 @@ class ModelBackend:
         """n sampled responses for each conversation, in input order."""
         raise self._unsupported("generate")
 
-    def score_logprobs(self, conversations: Sequence[Conversation], responses: Sequence[str]) -> list[list[float]]:
+    def score_logprobs(
+        self, conversations: Sequence[Conversation], responses: Sequence[str], *, role: str = "assistant"
+    ) -> list[list[float]]:
         """Per-token log-probs of each response given its conversation (teacher forcing).
 
-        The response is rendered as the assistant turn after the conversation with the
-        model's chat template; only the response's tokens are scored.
+        The response is rendered as the next turn of ``role`` after the conversation with the
+        model's chat template (``render_turn_prefix``); only the response's tokens are scored.
+        ``role="user"`` scores a user's follow-up turn (follow-up-likelihood rewards).
         """
         raise self._unsupported("log-prob scoring")
 
@@ -177,6 +180,24 @@ def with_system(conversation: Conversation, system_prompt: str | None) -> Conver
         return list(conversation)
     rest = [m for m in conversation if m.get("role") != "system"]
     return [{"role": "system", "content": system_prompt}, *rest]
+
+
+TURN_MARK = "CURATIONTURNMARK7F3A"
+
+
+def render_turn_prefix(tokenizer: Any, conversation: Conversation, role: str = "assistant") -> str:
+    """The chat-template text of ``conversation`` up to where a new ``role`` turn's content
+    starts. For the assistant that is the template's generation prompt; for another role the
+    template is rendered with a marker as that turn's content and cut at the marker, so any
+    template works without knowing its turn syntax."""
+    messages = [{"role": m["role"], "content": m["content"]} for m in conversation]
+    if role == "assistant":
+        return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    marked = str(tokenizer.apply_chat_template([*messages, {"role": role, "content": TURN_MARK}], tokenize=False))
+    cut = marked.find(TURN_MARK)
+    if cut < 0:
+        raise BackendError(f"the chat template drops the content of a {role!r} turn; cannot score a {role} turn with it")
+    return marked[:cut]
 
 
 JSON_INSTRUCTION = "Answer only with one JSON object that matches this JSON Schema, and no other text:\n{schema}"

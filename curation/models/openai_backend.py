@@ -48,6 +48,7 @@ from curation.models.base import (
     Unsupported,
     Usage,
     parse_json_reply,
+    render_turn_prefix,
     with_json_instruction,
 )
 from curation.models.config import BackendConfig
@@ -590,7 +591,9 @@ class OpenAIBackend(ModelBackend):
             raise ConfigError(f"the tokenizer {tok_name!r} has no chat template; cannot render conversations for log-prob scoring")
         return self._tokenizer
 
-    def score_logprobs(self, conversations: Sequence[Conversation], responses: Sequence[str]) -> list[list[float]]:
+    def score_logprobs(
+        self, conversations: Sequence[Conversation], responses: Sequence[str], *, role: str = "assistant"
+    ) -> list[list[float]]:
         """Per-token log-probs of each response, from the server's echo of prompt log-probs.
 
         The prompt is ``template(conversation, add_generation_prompt=True)``, the scored text
@@ -605,7 +608,7 @@ class OpenAIBackend(ModelBackend):
         if not conversations:
             return []
         tokenizer = self._get_tokenizer()
-        prompts = [str(tokenizer.apply_chat_template(list(c), tokenize=False, add_generation_prompt=True)) for c in conversations]
+        prompts = [render_turn_prefix(tokenizer, c, role) for c in conversations]
         return self._run(_gather_all(self._score_one(p, r) for p, r in zip(prompts, responses)))
 
     def _no_echo(self, detail: str) -> Unsupported:

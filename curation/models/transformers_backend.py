@@ -46,6 +46,7 @@ from curation.models.base import (
     StructuredReply,
     Usage,
     parse_json_reply,
+    render_turn_prefix,
     with_json_instruction,
 )
 from curation.models.config import BackendConfig
@@ -132,9 +133,9 @@ class TransformersBackend(ModelBackend):
 
     # ----------------------------------------------------------------- token ids
 
-    def prompt_ids(self, conversation: Conversation) -> list[int]:
-        """The conversation rendered with the chat template, ready for the assistant's turn."""
-        text = self.tokenizer.apply_chat_template(list(conversation), add_generation_prompt=True, tokenize=False)
+    def prompt_ids(self, conversation: Conversation, role: str = "assistant") -> list[int]:
+        """The conversation rendered with the chat template, ready for a ``role`` turn."""
+        text = render_turn_prefix(self.tokenizer, conversation, role)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def response_ids(self, response: str) -> list[int]:
@@ -275,10 +276,12 @@ class TransformersBackend(ModelBackend):
 
     # ----------------------------------------------------------------- teacher forcing
 
-    def _forced(self, conversations: Sequence[Conversation], responses: Sequence[str]) -> list[tuple[list[int], list[int]]]:
+    def _forced(
+        self, conversations: Sequence[Conversation], responses: Sequence[str], role: str = "assistant"
+    ) -> list[tuple[list[int], list[int]]]:
         if len(conversations) != len(responses):
             raise BackendError(f"{len(conversations)} conversations but {len(responses)} responses")
-        pairs = [(self.prompt_ids(c), self.response_ids(r)) for c, r in zip(conversations, responses)]
+        pairs = [(self.prompt_ids(c, role), self.response_ids(r)) for c, r in zip(conversations, responses)]
         for i, (p, r) in enumerate(pairs):
             self._check_length(len(p) + len(r), f"conversation {i} with its response")
         return pairs
@@ -314,10 +317,12 @@ class TransformersBackend(ModelBackend):
             ids[row, : len(seq)] = torch.tensor(seq)
         return ids
 
-    def score_logprobs(self, conversations: Sequence[Conversation], responses: Sequence[str]) -> list[list[float]]:
+    def score_logprobs(
+        self, conversations: Sequence[Conversation], responses: Sequence[str], *, role: str = "assistant"
+    ) -> list[list[float]]:
         import torch
 
-        pairs = self._forced(conversations, responses)
+        pairs = self._forced(conversations, responses, role)
         out: list[list[float]] = [[] for _ in pairs]
         with torch.inference_mode():
             for batch, ids in self._forced_batches(pairs, SCORE_TOKEN_BUDGET):

@@ -38,6 +38,7 @@ from curation.models.base import (
     StructuredReply,
     Usage,
     parse_json_reply,
+    render_turn_prefix,
     with_json_instruction,
 )
 from curation.models.config import BackendConfig
@@ -122,18 +123,17 @@ class VLLMBackend(ModelBackend):
 
     # -- prompts -------------------------------------------------------------------------
 
-    def render(self, conversation: Conversation) -> str:
-        """The chat-template text of ``conversation`` with the assistant turn opened."""
-        messages = [{"role": m["role"], "content": m["content"]} for m in conversation]
-        return self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    def render(self, conversation: Conversation, role: str = "assistant") -> str:
+        """The chat-template text of ``conversation`` with a ``role`` turn opened."""
+        return render_turn_prefix(self._tokenizer, conversation, role)
 
     def _encode(self, text: str) -> list[int]:
         # The template already writes any special tokens it wants; adding BOS again would
         # change the scores and the transformers backend's prompts would no longer match.
         return list(self._tokenizer.encode(text, add_special_tokens=False))
 
-    def _prompt_ids(self, conversation: Conversation, index: int, room: int = 1) -> list[int]:
-        ids = self._encode(self.render(conversation))
+    def _prompt_ids(self, conversation: Conversation, index: int, room: int = 1, role: str = "assistant") -> list[int]:
+        ids = self._encode(self.render(conversation, role))
         if not ids:
             raise BackendError(f"conversation {index} renders to no tokens with the chat template")
         if len(ids) + room > self._max_len:
@@ -197,7 +197,9 @@ class VLLMBackend(ModelBackend):
                 results.append(GenerationResult(generations=gens, usage=usage))
         return results
 
-    def score_logprobs(self, conversations: Sequence[Conversation], responses: Sequence[str]) -> list[list[float]]:
+    def score_logprobs(
+        self, conversations: Sequence[Conversation], responses: Sequence[str], *, role: str = "assistant"
+    ) -> list[list[float]]:
         """Teacher-forced log-probs from ``prompt_logprobs=0`` (the log-prob of each actual
         prompt token, from the raw logits) over template(conversation) followed by the
         response's own tokens, tokenised separately as the transformers backend and TRL do,
@@ -213,7 +215,7 @@ class VLLMBackend(ModelBackend):
         for start, chunk in _chunks(pairs, self.cfg.batch_size):
             todo: list[tuple[int, list[int], int]] = []  # (index, prompt + response ids, first response position)
             for i, (conversation, response) in enumerate(chunk, start):
-                prompt = self._prompt_ids(conversation, i)
+                prompt = self._prompt_ids(conversation, i, role=role)
                 full = prompt + self._encode(response)
                 if len(full) + 1 > self._max_len:
                     raise BackendError(

@@ -1,0 +1,144 @@
+"""The ``label`` section of a recipe: which labelers run on which pairs.
+
+Each labeler has its own typed section, told apart by ``kind``. The backend sections are the
+same ``BackendConfig`` generation uses, so a judge moves from the CPU model to a vLLM server by
+changing only its ``backend`` block.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from curation.models.config import BackendConfig
+
+LABELER_NAME = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, protected_namespaces=())
+
+
+def _minilm() -> BackendConfig:
+    return BackendConfig(backend="sentence_transformers", model="all-MiniLM-L6-v2", batch_size=64)
+
+
+class LabelerBase(Strict):
+    name: str = Field(pattern=LABELER_NAME, description="unique labeler name, recorded on every label row")
+    limit: int | None = Field(default=None, ge=1, description="label at most this many pairs of each input (default: label.limit)")
+
+
+class JudgePairwiseConfig(LabelerBase):
+    """MT-Bench style: which of two responses is better, asked in both orders."""
+
+    kind: Literal["judge_pairwise"] = "judge_pairwise"
+    backend: BackendConfig
+    template: str | None = Field(default=None, description="user-turn template file; needs {prompt}, {response_a}, {response_b}")
+    system_prompt: str | None = Field(default=None, description="system prompt file or text (default: the built-in judge instructions)")
+    max_tokens: int = Field(default=256, ge=1)
+    temperature: float = Field(default=0.0, ge=0)
+    seed: int = 0
+    max_retries: int = Field(default=2, ge=0, description="re-asks after malformed output, then the label is invalid")
+
+
+class JudgeRubricConfig(LabelerBase):
+    """UltraFeedback style: each response rated 1-5 per aspect with a short rationale."""
+
+    kind: Literal["judge_rubric"] = "judge_rubric"
+    backend: BackendConfig
+    template: str | None = Field(default=None, description="user-turn template file; needs {prompt}, {response}, {aspects}")
+    system_prompt: str | None = None
+    aspects: list[str] = Field(
+        default_factory=lambda: ["instruction_following", "honesty", "truthfulness", "helpfulness"], min_length=1
+    )
+    max_tokens: int = Field(default=384, ge=1)
+    temperature: float = Field(default=0.0, ge=0)
+    seed: int = 0
+    max_retries: int = Field(default=2, ge=0)
+
+
+class DensityRatioConfig(LabelerBase):
+    """CDR: reward = log p_strong(y|x) - log p_weak(y|x), summed over the response tokens."""
+
+    kind: Literal["density_ratio"] = "density_ratio"
+    strong: BackendConfig = Field(description="the aligned model")
+    weak: BackendConfig = Field(description="the less aligned model (must differ from strong)")
+    length_normalize: bool = Field(default=False, description="score with per-token means instead of sums (the paper sums)")
+    criteria_system_prompt: str | None = Field(default=None, description="customisation: system prompt for the strong model only")
+    exemplars: list[str] = Field(
+        default_factory=list, description="customisation: preference exemplars, one drawn (seeded) per pair into the strong model's user turn"
+    )
+    seed: int = 0
+
+
+class FollowUpLists(Strict):
+    positive: list[str] = Field(min_length=1)
+    negative: list[str] = Field(min_length=1)
+
+
+class FollowUpConfig(LabelerBase):
+    """FLR: how likely a satisfied vs a dissatisfied user follow-up is after the response."""
+
+    kind: Literal["follow_up"] = "follow_up"
+    backend: BackendConfig
+    follow_ups: dict[str, FollowUpLists] | None = Field(
+        default=None, description="dimension -> positive/negative follow-up turns (default: six built-in dimensions)"
+    )
+
+    @field_validator("follow_ups")
+    @classmethod
+    def _non_empty(cls, v: dict[str, FollowUpLists] | None) -> dict[str, FollowUpLists] | None:
+        if v is not None and not v:
+            raise ValueError("follow_ups is empty: give at least one dimension with positive and negative follow-ups")
+        return v
+
+
+class RewardModelConfig(LabelerBase):
+    """A Hugging Face sequence-classification reward model (one logit per conversation)."""
+
+    kind: Literal["reward_model"] = "reward_model"
+    backend: BackendConfig = Field(description="transformers or vllm, model: a local folder with a *ForSequenceClassification model")
+
+
+class BTEnsembleConfig(LabelerBase):
+    """Bradley-Terry reward heads on sentence embeddings, trained on the data's human labels,
+    K cross-fitted members (each scores only pairs it did not train on)."""
+
+    kind: Literal["bt_ensemble"] = "bt_ensemble"
+    embedder: BackendConfig = Field(default_factory=_minilm)
+    members: int = Field(default=5, ge=2, description="K members")
+    l2: float = Field(default=1.0, ge=0, description="L2 penalty on the head's weights")
+    epochs: int = Field(default=200, ge=1)
+    seed: int = 0
+    min_train_pairs: int = Field(default=20, ge=2, description="fewer human-labelled pairs than this is an error")
+
+
+LabelerConfig = Annotated[
+    JudgePairwiseConfig | JudgeRubricConfig | DensityRatioConfig | FollowUpConfig | RewardModelConfig | BTEnsembleConfig,
+    Field(discriminator="kind"),
+]
+
+
+class AgreementConfig(Strict):
+    bootstrap: int = Field(default=1000, ge=0, description="bootstrap resamples for the 95% interval (0: no interval)")
+    bins: int = Field(default=5, ge=1, description="|margin| quantile bins for the calibration curve")
+    seed: int = 0
+
+
+class LabelConfig(Strict):
+    labelers: list[LabelerConfig] = Field(min_length=1)
+    pairs: Literal["all", "human", "unlabeled"] = Field(default="all", description="which pairs to label, by their label_source")
+    limit: int | None = Field(
+        default=None, ge=1, description="label at most this many of the kept pairs and of the generated pairs (in order)"
+    )
+    chunk_size: int = Field(default=16, ge=1, description="pairs per labeler call")
+    agreement: AgreementConfig = Field(default_factory=AgreementConfig)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> LabelConfig:
+        names = [lab.name for lab in self.labelers]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"labeler names must be unique, repeated: {', '.join(dupes)}")
+        return self
