@@ -22,9 +22,9 @@ import pyarrow.parquet as pq
 
 from curation import dedup as exact_dedup
 from curation.config import RunConfig
-from curation.errors import NoPairs, RowError
-from curation.ingest.adapters import build_adapter
-from curation.ingest.readers import open_source
+from curation.errors import CurationError, NoPairs, RowError
+from curation.ingest.adapters import build_adapter, is_table_adapter
+from curation.ingest.readers import FileReader, open_source
 from curation.progress import NoProgress, Progress
 from curation.records import content_ids
 from curation.tables import TableWriter
@@ -67,7 +67,8 @@ def _quarantine_row(
 def ingest(cfg: RunConfig, work_dir: str | Path, progress: Progress | None = None) -> StageOutput:
     """Read every source, adapt rows into canonical pairs; bad rows to quarantine.
 
-    Row accounting per source: rows_in = quarantined + filtered + rows_with_pairs.
+    Row accounting per source: rows_in = quarantined + filtered + rows_with_pairs (for a
+    table-level adapter, rows_with_pairs counts the rows used in at least one pair).
     """
     progress = progress or NoProgress()
     work = Path(work_dir)
@@ -84,42 +85,36 @@ def ingest(cfg: RunConfig, work_dir: str | Path, progress: Progress | None = Non
             c = {"rows_in": 0, "quarantined": Counter(), "filtered": Counter(), "rows_with_pairs": 0, "pairs_out": 0}
             readers = open_source(src, max_row_bytes=limits.max_row_bytes, raw_limit_bytes=limits.raw_limit_bytes)
             progress.start(f"ingest {src.name}")
-            for reader in readers:
-                file = reader.label
-                for raw in reader.rows():
-                    c["rows_in"] += 1
-                    progress.advance()
-                    if raw.error is not None:
-                        c["quarantined"][raw.error.code] += 1
-                        quar_w.append(_quarantine_row(src.name, file, raw.index, "read", raw.error, raw.raw, raw.raw_bytes))
-                        continue
-                    try:
-                        drafts = adapter(raw.value, f"{src.name}:{raw.index}")
-                        if not drafts:
-                            raise NoPairs("no_pairs")
-                        rows = [_pair_row(d, src, file, raw.index, i) for i, d in enumerate(drafts)]
-                    except RowError as err:
-                        c["quarantined"][err.code] += 1
-                        quar_w.append(_quarantine_row(src.name, file, raw.index, "adapt", err, raw.raw, raw.raw_bytes))
-                        continue
-                    except NoPairs as np_:
-                        c["filtered"][np_.reason] += 1
-                        dec_w.append(
-                            {
-                                "source_dataset": src.name,
-                                "source_file": file,
-                                "source_row": raw.index,
-                                "stage": "adapt",
-                                "decision": "filtered",
-                                "reason": np_.reason,
-                            }
-                        )
-                        continue
-                    c["rows_with_pairs"] += 1
-                    c["pairs_out"] += len(rows)
-                    for row in rows:
-                        pairs_w.append(row)
-                inputs.append({"source": src.name, **reader.fingerprint()})
+            if is_table_adapter(src.adapter):
+                inputs += _ingest_table(src, adapter, readers, c, (pairs_w, quar_w, dec_w), progress)
+            else:
+                for reader in readers:
+                    file = reader.label
+                    for raw in reader.rows():
+                        c["rows_in"] += 1
+                        progress.advance()
+                        if raw.error is not None:
+                            c["quarantined"][raw.error.code] += 1
+                            quar_w.append(_quarantine_row(src.name, file, raw.index, "read", raw.error, raw.raw, raw.raw_bytes))
+                            continue
+                        try:
+                            drafts = adapter(raw.value, f"{src.name}:{raw.index}")
+                            if not drafts:
+                                raise NoPairs("no_pairs")
+                            rows = [_pair_row(d, src, file, raw.index, i) for i, d in enumerate(drafts)]
+                        except RowError as err:
+                            c["quarantined"][err.code] += 1
+                            quar_w.append(_quarantine_row(src.name, file, raw.index, "adapt", err, raw.raw, raw.raw_bytes))
+                            continue
+                        except NoPairs as np_:
+                            c["filtered"][np_.reason] += 1
+                            dec_w.append(_filtered_row(src.name, file, raw.index, np_.reason))
+                            continue
+                        c["rows_with_pairs"] += 1
+                        c["pairs_out"] += len(rows)
+                        for row in rows:
+                            pairs_w.append(row)
+                    inputs.append({"source": src.name, **reader.fingerprint()})
             progress.finish()
             c["quarantined"] = dict(c["quarantined"])
             c["filtered"] = dict(c["filtered"])
@@ -130,6 +125,48 @@ def ingest(cfg: RunConfig, work_dir: str | Path, progress: Progress | None = Non
     counts["filtered"] = dec_w.rows_written
     files = {"pairs": str(pairs_w.path), "quarantine": str(quar_w.path), "decisions": str(dec_w.path)}
     return StageOutput("ingest", files, counts, time.perf_counter() - started, inputs)
+
+
+def _filtered_row(source: str, file: str, row: int, reason: str) -> dict[str, Any]:
+    return {"source_dataset": source, "source_file": file, "source_row": row, "stage": "adapt", "decision": "filtered", "reason": reason}
+
+
+def _ingest_table(src, adapter, readers: list[FileReader], c: dict[str, Any], writers: tuple, progress: Progress) -> list[dict]:
+    """A table-level adapter (see adapters/_table.py) sees every readable row of the source
+    at once; read errors are quarantined as they come. Returns the files' fingerprints."""
+    pairs_w, quar_w, dec_w = writers
+    rows: list[tuple[str, Any]] = []
+    inputs = []
+    for reader in readers:
+        for raw in reader.rows():
+            c["rows_in"] += 1
+            progress.advance()
+            if raw.error is not None:
+                c["quarantined"][raw.error.code] += 1
+                quar_w.append(_quarantine_row(src.name, reader.label, raw.index, "read", raw.error, raw.raw, raw.raw_bytes))
+            else:
+                rows.append((reader.label, raw))
+        inputs.append({"source": src.name, **reader.fingerprint()})
+    result = adapter([raw.value for _, raw in rows])
+    result.check(len(rows), src.adapter)
+    for (file, raw), outcome in zip(rows, result.outcomes):
+        if isinstance(outcome, RowError):
+            c["quarantined"][outcome.code] += 1
+            quar_w.append(_quarantine_row(src.name, file, raw.index, "adapt", outcome, raw.raw, raw.raw_bytes))
+        elif isinstance(outcome, NoPairs):
+            c["filtered"][outcome.reason] += 1
+            dec_w.append(_filtered_row(src.name, file, raw.index, outcome.reason))
+        else:
+            c["rows_with_pairs"] += 1
+    for pos in sorted(result.pairs):
+        file, raw = rows[pos]
+        for i, draft in enumerate(result.pairs[pos]):
+            try:
+                pairs_w.append(_pair_row(draft, src, file, raw.index, i))
+            except RowError as err:  # the adapter checks its rows' fields, so this is its bug, not the data's
+                raise CurationError(f"adapter {src.adapter!r} built an invalid pair at {file} row {raw.index}: {err.message}") from None
+            c["pairs_out"] += 1
+    return inputs
 
 
 def _pair_row(draft, src, file: str, row: int, index: int) -> dict[str, Any]:

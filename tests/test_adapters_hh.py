@@ -133,7 +133,7 @@ def test_options():
         check_options("hh_rlhf", {"divergin": "quarantine"})
     [d] = adapt({"good": t("a", "b"), "bad": t("a", "c")}, chosen_field="good", rejected_field="bad")
     assert d.chosen[0]["content"] == "b"
-    assert set(ADAPTERS) == {"hh_rlhf", "trl", "rated", "shp", "mapping"}
+    assert set(ADAPTERS) == {"hh_rlhf", "trl", "rated", "shp", "mapping", "oasst"}
 
 
 def test_real_sample(hh_path):

@@ -9,6 +9,9 @@ import pytest
 
 from curation.errors import ConfigError, NoPairs, RowError
 from curation.ingest.adapters import build_adapter, check_options
+from curation.pipeline import curate
+from curation.query import sql
+from tests.helpers import recipe_config
 
 SHP_ROW = {
     "post_id": "himvcd",
@@ -200,3 +203,29 @@ def test_pandalm_real(shared_data):
             break
     no_input = next(i for i, r in enumerate(rows) if r["input"] == "" and i in drafts)
     assert drafts[no_input].prompt[0]["content"] == rows[no_input]["instruction"]
+
+
+def test_pandalm_recipe_majority_vote_with_ties_filtered(tmp_path, shared_data):
+    """The whole PandaLM file through a recipe: majority of annotator1..3, ties filtered."""
+    path = shared_data / "pandalm-testset" / "testset-v1.json"
+    rows = json.loads(path.read_text(encoding="utf-8"))
+    cfg = recipe_config(tmp_path, [{"name": "pandalm", "path": str(path), "adapter": "shp", "options": PANDALM}], dataset="pandalm")
+    f = curate(cfg).funnel
+
+    def majority(row: dict) -> int | None:  # 1 = response1, 2 = response2, None = no strict majority
+        votes = [row[f"annotator{i}"] for i in (1, 2, 3)]
+        return next((side for side in (1, 2) if 2 * votes.count(side) > len(votes)), None)
+
+    broken = [i for i, r in enumerate(rows) if not (isinstance(r["response1"], str) and isinstance(r["response2"], str))]
+    ties = [i for i, r in enumerate(rows) if i not in broken and majority(r) is None]
+    assert f["rows_in"] == len(rows) == f["rows_quarantined"] + f["rows_filtered"] + f["rows_with_pairs"]
+    assert f["filtered_by_reason"]["adapt"] == {"tie": len(ties)}
+    assert f["quarantined_by_error"]["read/adapt"] == {"wrong_type": len(broken)}
+    assert f["pairs_out"] == len(rows) - len(ties) - len(broken) == f["pairs_quarantined"] + f["pairs_filtered"] + f["kept"]
+    filtered = sql("SELECT source_row, reason FROM decisions WHERE stage = 'adapt' ORDER BY 1", cfg.data_root)
+    assert filtered["source_row"].to_list() == ties and set(filtered["reason"]) == {"tie"}
+    pairs = sql("SELECT source_row, chosen[1].content AS c, rejected[1].content AS r FROM pairs", cfg.data_root)
+    assert pairs.height == f["kept"] > 0
+    for i, c, r in pairs.iter_rows():
+        win = majority(rows[i])
+        assert (c, r) == (rows[i][f"response{win}"], rows[i][f"response{3 - win}"])

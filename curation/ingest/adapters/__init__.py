@@ -4,6 +4,10 @@ Each adapter module has an ``Options`` pydantic model (extra keys forbidden) and
 ``build(options) -> adapter``, where ``adapter(row, row_key) -> list[PairDraft]``. Bad rows
 raise ``RowError`` (quarantined); valid rows without a pair raise ``NoPairs`` (filtered).
 Options are checked when the recipe loads, so a typo fails before any data is read.
+
+A module with ``SCOPE = "table"`` is a table-level adapter instead: ``adapter(rows) ->
+TableResult`` sees all rows of a source, for sources where a pair spans rows (message
+tables such as OpenAssistant's); see ``_table.py``.
 """
 
 from __future__ import annotations
@@ -15,12 +19,13 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from curation.errors import ConfigError
-from curation.ingest.adapters import hh_rlhf, mapping, rated, shp, trl
+from curation.ingest.adapters import hh_rlhf, mapping, oasst, rated, shp, trl
+from curation.ingest.adapters._table import TableAdapter, TableResult
 from curation.records import PairDraft
 
 Adapter = Callable[[dict, str], list[PairDraft]]
 
-ADAPTERS: dict[str, ModuleType] = {"hh_rlhf": hh_rlhf, "trl": trl, "rated": rated, "shp": shp, "mapping": mapping}
+ADAPTERS: dict[str, ModuleType] = {"hh_rlhf": hh_rlhf, "trl": trl, "rated": rated, "shp": shp, "mapping": mapping, "oasst": oasst}
 
 
 def _describe(err: ValidationError) -> str:
@@ -50,9 +55,13 @@ def check_options(name: str, options: dict[str, Any] | None) -> BaseModel:
         raise ConfigError(f"invalid options for adapter {name!r}:\n{_describe(err)}\n  (options: {known})") from None
 
 
-def build_adapter(name: str, options: dict[str, Any] | None) -> Adapter:
-    """The row -> drafts callable for a recipe source."""
+def build_adapter(name: str, options: dict[str, Any] | None) -> Adapter | TableAdapter:
+    """The row -> drafts callable for a recipe source (rows -> TableResult for a table adapter)."""
     return ADAPTERS[name].build(check_options(name, options))
 
 
-__all__ = ["ADAPTERS", "Adapter", "build_adapter", "check_options"]
+def is_table_adapter(name: str) -> bool:
+    return getattr(ADAPTERS[name], "SCOPE", "row") == "table"
+
+
+__all__ = ["ADAPTERS", "Adapter", "TableAdapter", "TableResult", "build_adapter", "check_options", "is_table_adapter"]
