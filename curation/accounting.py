@@ -15,7 +15,7 @@ from curation.errors import CurationError
 from curation.tables import count_rows
 
 
-def funnel(ingested, validated, deduped, generated=None) -> dict[str, Any]:
+def funnel(ingested, validated, deduped, generated=None, labelled=None) -> dict[str, Any]:
     """The run's funnel as plain numbers, grouped by stage and by reason."""
     ic = ingested.counts
     quarantined_read: dict[str, int] = {}
@@ -39,6 +39,7 @@ def funnel(ingested, validated, deduped, generated=None) -> dict[str, Any]:
         "filtered_by_reason": {"adapt": filtered_adapt, "dedup_exact": dict(deduped.counts["filtered"])},
         "sources": ic["sources"],
         **({"generated": generated_funnel(generated)} if generated is not None else {}),
+        **({"labels": dict(labelled.counts)} if labelled is not None else {}),
     }
 
 

@@ -143,6 +143,8 @@ def print_funnel(result: dict) -> None:
         for row in generation_rows(g):
             t.add_row(*["" if v is None else f"{v:,}" if isinstance(v, int) else str(v) for v in row])
         console.print(t)
+    if "labels" in f:
+        print_labels(f["labels"])
     ok = (
         f["rows_in"] == f["rows_quarantined"] + f["rows_filtered"] + f["rows_with_pairs"]
         and f["pairs_out"] == f["pairs_quarantined"] + f["pairs_filtered"] + f["kept"]
@@ -152,6 +154,24 @@ def print_funnel(result: dict) -> None:
         f" + {f['rows_with_pairs']:,} with pairs; {f['pairs_out']:,} pairs = {f['pairs_quarantined']:,} quarantined"
         f" + {f['pairs_filtered']:,} filtered + {f['kept']:,} kept [{'green' if ok else 'red'}]{'OK' if ok else 'MISMATCH'}[/]"
     )
+
+
+def print_labels(labels: dict) -> None:
+    from curation.report import AGREEMENT_HEADER, LABELER_HEADER, agreement_rows, labeler_rows
+
+    t = Table(title="Labels", show_header=True)
+    for col in LABELER_HEADER:
+        t.add_column(col)
+    for row in labeler_rows(labels):
+        t.add_row(*[str(v) for v in row])
+    console.print(t)
+    if labels.get("agreement"):
+        t = Table(title="Agreement with human labels (ties and invalid apart)", show_header=True)
+        for col in AGREEMENT_HEADER:
+            t.add_column(col)
+        for row in agreement_rows(labels):
+            t.add_row(*[str(v) for v in row])
+        console.print(t)
 
 
 @app.command()

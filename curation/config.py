@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from curation.errors import ConfigError
 from curation.generate.config import GenerateConfig
+from curation.label.config import LabelConfig
 
 DATASET_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
@@ -43,7 +44,7 @@ class SourceConfig(Strict):
     name: str = Field(description="short name, recorded on every pair as source_dataset")
     path: str = Field(description="file, glob, saved HF dataset folder, or HF hub name (format: hf)")
     format: SourceFormat = "auto"
-    adapter: str = Field(description="hh_rlhf | trl | rated | shp | mapping")
+    adapter: str = Field(description="hh_rlhf | trl | rated | shp | mapping | oasst")
     options: dict[str, Any] = Field(default_factory=dict, description="adapter options (see the adapter)")
     split: str | None = Field(default=None, description="HF datasets split (default: train, or the only one)")
     hf_config: str | None = Field(default=None, description="HF datasets config name")
@@ -85,6 +86,7 @@ class RunConfig(Strict):
     validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     generate: GenerateConfig | None = Field(default=None, description="generate candidates for the kept prompts (optional)")
+    label: LabelConfig | None = Field(default=None, description="label the kept and generated pairs with AI labelers (optional)")
     data_root: str = Field(default="data", description="where datasets, runs and caches live (relative to the working directory)")
     batch_size: int = Field(default=5_000, ge=1)
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
@@ -109,6 +111,10 @@ class RunConfig(Strict):
         else:
             d["generate"].pop("cache_path", None)
             d["generate"].pop("chunk_size", None)
+        if d.get("label") is None:
+            d.pop("label", None)
+        else:
+            d["label"].pop("chunk_size", None)
         return d
 
     def config_hash(self) -> str:
@@ -135,6 +141,7 @@ def parse_config(data: Any, *, where: str = "(inline)", base_dir: Path | None = 
     except ConfigError as err:
         raise ConfigError(f"invalid recipe {where}: {err}") from None
     if base_dir is not None:
+        _resolve_label_paths(cfg, base_dir)
         gen = cfg.generate
         if gen is not None and gen.prompts.path and not Path(gen.prompts.path).is_absolute():
             gen.prompts.path = str((base_dir / gen.prompts.path).resolve())
@@ -149,6 +156,19 @@ def parse_config(data: Any, *, where: str = "(inline)", base_dir: Path | None = 
         except ConfigError as err:
             raise ConfigError(f"invalid recipe {where}: sources.{i} ({src.name}): {err}") from None
     return cfg
+
+
+def _resolve_label_paths(cfg: RunConfig, base_dir: Path) -> None:
+    """Template files named in labeler sections are relative to the recipe, like sources."""
+    if cfg.label is None:
+        return
+    for lab in cfg.label.labelers:
+        template = getattr(lab, "template", None)
+        if template and not Path(template).is_absolute():
+            lab.template = str((base_dir / template).resolve())
+        system = getattr(lab, "system_prompt", None)  # a file name or the prompt text itself
+        if system and "\n" not in system and system.endswith((".txt", ".md")) and not Path(system).is_absolute():
+            lab.system_prompt = str((base_dir / system).resolve())
 
 
 def load_config(path: str | Path, *, data_root: str | None = None) -> RunConfig:

@@ -20,6 +20,7 @@ from curation import __version__, accounting, stages
 from curation.config import RunConfig
 from curation.generate import stage as generation
 from curation.ingest.readers import open_source
+from curation.label import stage as labeling
 from curation.progress import Progress
 from curation.report import write_report
 from curation.stages import StageOutput
@@ -91,9 +92,10 @@ def publish(
     validated: StageOutput,
     deduped: StageOutput,
     generated: StageOutput | None = None,
+    labelled: StageOutput | None = None,
 ) -> tuple[VersionInfo, dict]:
     """Check the row accounting on the staged files, then commit one new version."""
-    funnel = accounting.funnel(ingested, validated, deduped, generated)
+    funnel = accounting.funnel(ingested, validated, deduped, generated, labelled)
     accounting.check(funnel, ingested, validated, deduped, generated)
     store = DatasetStore(cfg.data_root)
     tables: dict[str, Any] = {
@@ -105,6 +107,9 @@ def publish(
         tables["pairs"].append(generated.files["pairs"])
         tables["decisions"].append(generated.files["decisions"])
         tables["candidates"] = generated.files["candidates"]
+    if labelled is not None:
+        tables["labels"] = labelled.files["labels"]
+        tables["agreement"] = labelled.files["agreement"]
     info = store.publish(
         cfg.publish.dataset,
         tables,
@@ -118,6 +123,16 @@ def publish(
     return info, funnel
 
 
+def check_models(cfg: RunConfig) -> None:
+    """Unknown backend, missing model, unreachable server, bad labeler config: before any work."""
+    generation.check(cfg)
+    labeling.check(cfg)
+
+
+def pairs_to_label(deduped: StageOutput, generated: StageOutput | None) -> list[str]:
+    return [deduped.files["pairs"]] + ([generated.files["pairs"]] if generated is not None else [])
+
+
 def report_dir(cfg: RunConfig, version: int) -> Path:
     return Path(cfg.data_root) / "datasets" / cfg.publish.dataset / "reports" / f"v{version}"
 
@@ -127,18 +142,19 @@ def curate(cfg: RunConfig, *, progress: Progress | None = None, force: bool = Fa
     store = DatasetStore(cfg.data_root)
     if not force and (same := find_unchanged(cfg, store)) is not None:
         return unchanged_result(cfg, same)
-    generation.check(cfg)  # unknown backend, missing model, unreachable server: before any work
+    check_models(cfg)
     run_dir = new_run_dir(cfg)
     timings: dict[str, float] = {}
     ingested = stages.ingest(cfg, run_dir, progress)
     validated = stages.validate(cfg, run_dir, ingested, progress)
     deduped = stages.dedup(cfg, run_dir, validated, progress)
     generated = generation.generate(cfg, run_dir, deduped.files["pairs"], progress) if cfg.generate else None
-    for out in (ingested, validated, deduped, generated):
+    labelled = labeling.label(cfg, run_dir, pairs_to_label(deduped, generated), progress) if cfg.label else None
+    for out in (ingested, validated, deduped, generated, labelled):
         if out is not None:
             timings[out.stage] = out.seconds
     t0 = time.perf_counter()
-    info, funnel = publish(cfg, run_dir, ingested, validated, deduped, generated)
+    info, funnel = publish(cfg, run_dir, ingested, validated, deduped, generated, labelled)
     timings["publish"] = time.perf_counter() - t0
     return finish_run(cfg, run_dir, info, funnel, timings, keep_staging=keep_staging)
 

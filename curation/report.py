@@ -114,6 +114,97 @@ def _generation_html(f: dict[str, Any]) -> str:
     )
 
 
+AGREEMENT_HEADER = ["labeler", "kind", "pairs", "accuracy", "95% CI", "ties", "invalid", "position consistency"]
+LABELER_HEADER = ["labeler", "kind", "models", "pairs", "label rows", "A / B / tie / invalid", "seconds"]
+
+
+def _pct(x: float | None) -> str:
+    return "" if x is None else f"{100 * x:.1f}%"
+
+
+def agreement_rows(labels: dict[str, Any]) -> list[list[Any]]:
+    """Per labeler: agreement with the human labels (ties and invalid labels apart)."""
+    return [
+        [
+            r["labeler"],
+            r["kind"],
+            r["n"],
+            _pct(r["accuracy"]),
+            f"{_pct(r['ci_low'])} - {_pct(r['ci_high'])}" if r.get("ci_low") is not None else "",
+            _pct(r["tie_rate"]),
+            _pct(r["invalid_rate"]),
+            _pct(r.get("consistency_rate")),
+        ]
+        for r in labels.get("agreement", [])
+    ]
+
+
+def labeler_rows(labels: dict[str, Any]) -> list[list[Any]]:
+    rows = []
+    for name, c in labels["labelers"].items():
+        v = c["verdicts"]
+        rows.append(
+            [
+                name,
+                c["kind"],
+                ", ".join(c["models"]),
+                c["pairs"],
+                c["rows"],
+                f"{v.get('A', 0)} / {v.get('B', 0)} / {v.get('tie', 0)} / {v.get('invalid', 0)}",
+                f"{c['seconds']:.1f}",
+            ]
+        )
+    return rows
+
+
+def calibration_png(labels: dict[str, Any]) -> bytes | None:
+    """P(agree with the human) per |margin| quantile bin, one line per labeler."""
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for r in labels.get("calibration", []):
+        if r.get("accuracy") is not None:
+            curves.setdefault(r["labeler"], []).append((r["bin"], r["accuracy"]))
+    if not curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.4), dpi=110)
+    for name, points in sorted(curves.items()):
+        xs, ys = zip(*sorted(points))
+        ax.plot(xs, ys, marker="o", label=name)
+    ax.axhline(0.5, color="#999", linestyle="--", linewidth=1)
+    ax.set_xlabel("|margin| quantile bin (0 = smallest margins)")
+    ax.set_ylabel("P(agrees with human)")
+    ax.set_ylim(0, 1)
+    ax.set_title("Calibration: agreement with human labels against margin")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _labels_html(f: dict[str, Any]) -> str:
+    if "labels" not in f:
+        return ""
+    labels = f["labels"]
+    out = "<h2>Labels</h2><p>One row per (pair, labeler) in the <code>labels</code> table; slot A is the pair's chosen response.</p>"
+    out += _table(LABELER_HEADER, labeler_rows(labels))
+    out += (
+        "<h2>Agreement with human labels</h2><p>Over the human-labelled pairs each labeler labelled: accuracy = agree / "
+        "(agree + disagree), ties and invalid labels reported apart; bootstrap 95% interval. Per source and per |margin| bin: "
+        '<code>curate sql "SELECT * FROM agreement"</code>.</p>'
+    )
+    out += _table(AGREEMENT_HEADER, agreement_rows(labels)) if labels.get("agreement") else "<p>No human-labelled pair was labelled.</p>"
+    png = calibration_png(labels)
+    if png:
+        out += f'<img alt="calibration" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+    return out
+
+
 def render_html(summary: dict[str, Any], png: bytes) -> str:
     f = summary["funnel"]
     img = base64.b64encode(png).decode()
@@ -151,6 +242,7 @@ Query it: <code>curate sql "SELECT * FROM {html.escape(summary["dataset"])}.pair
 {steps}
 <h2>Filtered and quarantined, by reason</h2>{reasons_html}
 {_generation_html(f)}
+{_labels_html(f)}
 <h2>Sources</h2>{sources}
 <h2>Stage timings</h2>{timings}
 <h2>Inputs</h2>{inputs}

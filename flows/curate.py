@@ -18,6 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from curation import pipeline, stages
 from curation.config import RunConfig, load_config
 from curation.generate import stage as generation
+from curation.label import stage as labeling
 from curation.progress import Progress
 from curation.report import funnel_steps, reason_rows
 from curation.stages import StageOutput
@@ -76,13 +77,24 @@ def generate_task(cfg: RunConfig, run_dir: str, deduped: StageOutput) -> StageOu
     return generation.generate(cfg, run_dir, deduped.files["pairs"], _progress_for_task())
 
 
+@task(name="label", cache_policy=NO_CACHE)
+def label_task(cfg: RunConfig, run_dir: str, deduped: StageOutput, generated: StageOutput | None) -> StageOutput:
+    return labeling.label(cfg, run_dir, pipeline.pairs_to_label(deduped, generated), _progress_for_task())
+
+
 @task(name="publish", cache_policy=NO_CACHE)
 def publish_task(
-    cfg: RunConfig, run_dir: str, ingested: StageOutput, validated: StageOutput, deduped: StageOutput, generated: StageOutput | None = None
+    cfg: RunConfig,
+    run_dir: str,
+    ingested: StageOutput,
+    validated: StageOutput,
+    deduped: StageOutput,
+    generated: StageOutput | None = None,
+    labelled: StageOutput | None = None,
 ):
     from pathlib import Path
 
-    return pipeline.publish(cfg, Path(run_dir), ingested, validated, deduped, generated)
+    return pipeline.publish(cfg, Path(run_dir), ingested, validated, deduped, generated, labelled)
 
 
 def funnel_markdown(result: pipeline.RunResult) -> str:
@@ -105,15 +117,16 @@ def curate_flow(recipe: str, data_root: str | None = None, force: bool = False, 
     if not force and (same := pipeline.find_unchanged(cfg, store)) is not None:
         get_run_logger().info("%s v%d was built from this config and these inputs; nothing to do", same.dataset, same.version)
         return asdict(pipeline.unchanged_result(cfg, same))
-    generation.check(cfg)  # a bad backend fails before any work
+    pipeline.check_models(cfg)  # a bad backend or labeler config fails before any work
     run_dir = str(pipeline.new_run_dir(cfg))
     ingested = ingest_task(cfg, run_dir)
     validated = validate_task(cfg, run_dir, ingested)
     deduped = dedup_task(cfg, run_dir, validated)
     generated = generate_task(cfg, run_dir, deduped) if cfg.generate else None
+    labelled = label_task(cfg, run_dir, deduped, generated) if cfg.label else None
     t0 = time.perf_counter()
-    info, funnel = publish_task(cfg, run_dir, ingested, validated, deduped, generated)
-    timings = {o.stage: o.seconds for o in (ingested, validated, deduped, generated) if o is not None}
+    info, funnel = publish_task(cfg, run_dir, ingested, validated, deduped, generated, labelled)
+    timings = {o.stage: o.seconds for o in (ingested, validated, deduped, generated, labelled) if o is not None}
     timings["publish"] = time.perf_counter() - t0
     from pathlib import Path
 
