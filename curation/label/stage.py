@@ -18,6 +18,7 @@ from typing import Any
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curation.config import RunConfig
@@ -41,22 +42,24 @@ def check(cfg: RunConfig) -> None:
 
 
 def selected_pairs(files: list[str], mode: str, limit: int | None, chunk_size: int) -> Iterator[pa.Table]:
-    """Chunks of the pairs to label: from each file in order, at most ``limit`` pairs whose
-    label_source matches ``mode``. Only the columns labelers read are loaded."""
+    """Chunks of the pairs to label: from each file in order, those whose label_source
+    matches ``mode``, at most ``limit`` per source dataset (so a quick run still covers every
+    source). Only the columns labelers read are loaded."""
     sources = SELECT[mode]
     for path in files:
-        taken = 0
+        taken: Counter[str] = Counter()
         for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_size, columns=PAIR_COLUMNS):
             table = pa.Table.from_batches([batch])
             if sources is not None:
-                table = table.filter(pa.compute.is_in(table["label_source"], pa.array(sources)))
+                table = table.filter(pc.is_in(table["label_source"], pa.array(sources)))
             if limit is not None:
-                table = table.slice(0, limit - taken)
+                keep = []
+                for source in table["source_dataset"].to_pylist():
+                    keep.append(taken[source] < limit)
+                    taken[source] += keep[-1]
+                table = table.filter(pa.array(keep, pa.bool_()))
             if table.num_rows:
-                taken += table.num_rows
                 yield table
-            if limit is not None and taken >= limit:
-                break
 
 
 def _check_coverage(labeler: Labeler, expected: set[str], got: set[str]) -> None:
