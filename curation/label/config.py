@@ -26,7 +26,7 @@ def _minilm() -> BackendConfig:
 
 class LabelerBase(Strict):
     name: str = Field(pattern=LABELER_NAME, description="unique labeler name, recorded on every label row")
-    limit: int | None = Field(default=None, ge=1, description="label at most this many pairs of each input (default: label.limit)")
+    limit: int | None = Field(default=None, ge=1, description="label at most this many pairs per source (default: label.limit)")
 
 
 class JudgePairwiseConfig(LabelerBase):
@@ -34,12 +34,20 @@ class JudgePairwiseConfig(LabelerBase):
 
     kind: Literal["judge_pairwise"] = "judge_pairwise"
     backend: BackendConfig
+    verdict_by: Literal["reply", "logprobs"] = Field(
+        default="reply",
+        description="reply: a generated JSON verdict (any chat backend); logprobs: compare the log-probs of answering "
+        "'A' and 'B' (needs log-prob scoring; always parses, suits small local models)",
+    )
     template: str | None = Field(default=None, description="user-turn template file; needs {prompt}, {response_a}, {response_b}")
     system_prompt: str | None = Field(default=None, description="system prompt file or text (default: the built-in judge instructions)")
     max_tokens: int = Field(default=256, ge=1)
     temperature: float = Field(default=0.0, ge=0)
     seed: int = 0
     max_retries: int = Field(default=2, ge=0, description="re-asks after malformed output, then the label is invalid")
+    retry_temperature: float = Field(
+        default=0.7, ge=0, description="re-asks sample at least this hot (a greedy re-ask would repeat the malformed reply)"
+    )
 
 
 class JudgeRubricConfig(LabelerBase):
@@ -49,13 +57,14 @@ class JudgeRubricConfig(LabelerBase):
     backend: BackendConfig
     template: str | None = Field(default=None, description="user-turn template file; needs {prompt}, {response}, {aspects}")
     system_prompt: str | None = None
-    aspects: list[str] = Field(
-        default_factory=lambda: ["instruction_following", "honesty", "truthfulness", "helpfulness"], min_length=1
-    )
+    aspects: list[str] = Field(default_factory=lambda: ["instruction_following", "honesty", "truthfulness", "helpfulness"], min_length=1)
     max_tokens: int = Field(default=384, ge=1)
     temperature: float = Field(default=0.0, ge=0)
     seed: int = 0
-    max_retries: int = Field(default=2, ge=0)
+    max_retries: int = Field(default=2, ge=0, description="re-asks after malformed output, then the label is invalid")
+    retry_temperature: float = Field(
+        default=0.7, ge=0, description="re-asks sample at least this hot (a greedy re-ask would repeat the malformed reply)"
+    )
 
 
 class DensityRatioConfig(LabelerBase):
@@ -67,7 +76,12 @@ class DensityRatioConfig(LabelerBase):
     length_normalize: bool = Field(default=False, description="score with per-token means instead of sums (the paper sums)")
     criteria_system_prompt: str | None = Field(default=None, description="customisation: system prompt for the strong model only")
     exemplars: list[str] = Field(
-        default_factory=list, description="customisation: preference exemplars, one drawn (seeded) per pair into the strong model's user turn"
+        default_factory=list,
+        description="customisation: preference exemplars, one drawn (seeded) per pair into the strong model's user turn",
+    )
+    exemplar_cue: str = Field(
+        default="Good Assistant:",
+        description="with an exemplar, the line after the query in the strong model's user turn (the paper's; '' for none)",
     )
     seed: int = 0
 
@@ -108,9 +122,14 @@ class BTEnsembleConfig(LabelerBase):
     kind: Literal["bt_ensemble"] = "bt_ensemble"
     embedder: BackendConfig = Field(default_factory=_minilm)
     members: int = Field(default=5, ge=2, description="K members")
-    l2: float = Field(default=1.0, ge=0, description="L2 penalty on the head's weights")
-    epochs: int = Field(default=200, ge=1)
-    seed: int = 0
+    features: Literal["response", "response_prompt"] = Field(
+        default="response",
+        description="response: the response's embedding; response_prompt: also its elementwise product with the prompt's "
+        "(measured no better on HH-RLHF and PandaLM, and it embeds the prompts too)",
+    )
+    l2: float = Field(default=10.0, ge=0, description="L2 penalty on the head's weights (loss summed over pairs)")
+    epochs: int = Field(default=200, ge=1, description="at most this many full-batch Newton steps (it stops at convergence)")
+    seed: int = Field(default=0, description="seeds the assignment of pairs to folds")
     min_train_pairs: int = Field(default=20, ge=2, description="fewer human-labelled pairs than this is an error")
 
 
@@ -130,7 +149,7 @@ class LabelConfig(Strict):
     labelers: list[LabelerConfig] = Field(min_length=1)
     pairs: Literal["all", "human", "unlabeled"] = Field(default="all", description="which pairs to label, by their label_source")
     limit: int | None = Field(
-        default=None, ge=1, description="label at most this many of the kept pairs and of the generated pairs (in order)"
+        default=None, ge=1, description="label at most this many pairs per source, of the kept and of the generated pairs (in order)"
     )
     chunk_size: int = Field(default=16, ge=1, description="pairs per labeler call")
     agreement: AgreementConfig = Field(default_factory=AgreementConfig)
