@@ -160,6 +160,12 @@ class ModelBackend:
         """Vectors (n, d), float32, L2-normalised so a dot product is a cosine similarity."""
         raise self._unsupported("embeddings")
 
+    def reward(self, conversations: Sequence[Conversation], responses: Sequence[str]) -> list[float]:
+        """A reward model's scalar score of each response as the assistant's reply to its
+        conversation (the single logit of a sequence-classification model over the chat
+        template's rendering), in input order. Batching never changes a score beyond rounding."""
+        raise self._unsupported("reward scoring")
+
     def chat_json(self, conversations: Sequence[Conversation], schema: dict, params: SamplingParams) -> list[StructuredReply]:
         """One reply per conversation, asked to be JSON matching ``schema`` (a JSON Schema)."""
         raise self._unsupported("structured chat")

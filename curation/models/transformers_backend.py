@@ -51,6 +51,7 @@ from curation.models.base import (
 )
 from curation.models.config import BackendConfig
 from curation.models.local_models import check_causal_lm, resolve_model_dir
+from curation.models.reward_head import classifier_head, reward_head_problem
 
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16"}
 # Scored tokens per forward pass: their logits are (tokens x vocab) floats, ~200 MB at 1024 x 49152.
@@ -87,29 +88,40 @@ class TransformersBackend(ModelBackend):
         """Model present (or convertible) and dtype known; reads no weights."""
         _dtype_name(cfg.dtype)
         check_causal_lm(cfg.model)
+        if classifier_head(cfg.model) and (problem := reward_head_problem(cfg.model)):
+            raise ConfigError(f"the transformers backend loads a sequence-classification folder as a reward model, but {problem}")
 
     def __init__(self, cfg: BackendConfig, data_root: Path):
         import torch
 
         torch.set_num_threads(cfg.cpu_threads())
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
         self.model = cfg.model
         self.batch_size = cfg.batch_size
         self.dtype = _dtype_name(cfg.dtype)
         self.model_dir = resolve_model_dir(cfg.model, data_root)
+        # A *ForSequenceClassification folder is a reward model: it serves ``reward`` only.
+        self.reward_head = classifier_head(self.model_dir)
+        if self.reward_head and (problem := reward_head_problem(self.model_dir)):
+            raise BackendError(problem)
+        loader = AutoModelForSequenceClassification if self.reward_head else AutoModelForCausalLM
         _say(f"loading {cfg.model} from {self.model_dir} ({self.dtype})...")
         started = time.perf_counter()
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir), local_files_only=True)
-            self.lm = AutoModelForCausalLM.from_pretrained(str(self.model_dir), local_files_only=True, dtype=getattr(torch, self.dtype))
+            self.lm = loader.from_pretrained(str(self.model_dir), local_files_only=True, dtype=getattr(torch, self.dtype))
         except (OSError, ValueError) as err:
             raise BackendError(f"cannot load the model folder {self.model_dir}: {err}") from None
         self.lm.eval()
         if not self.tokenizer.chat_template:
             raise BackendError(f"the tokenizer in {self.model_dir} has no chat template, so conversations cannot be rendered")
-        self.eos_ids = self._eos_ids()
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids)
+        if self.reward_head:
+            self.eos_ids = frozenset()
+            self.pad_id = self.lm.config.get_text_config().pad_token_id
+        else:
+            self.eos_ids = self._eos_ids()
+            self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids)
         self.context = int(getattr(self.lm.config, "max_position_embeddings", 0) or 0)
         _say(f"model loaded in {time.perf_counter() - started:.1f} s")
 
@@ -152,6 +164,7 @@ class TransformersBackend(ModelBackend):
         return self._generate_ids(prompts, params)
 
     def _generate_ids(self, prompts: list[list[int]], params: SamplingParams) -> list[GenerationResult]:
+        self._causal_only("generation")
         for i, p in enumerate(prompts):
             self._check_length(len(p) + params.max_tokens, f"conversation {i} plus max_tokens")
         results: list[GenerationResult | None] = [None] * len(prompts)
@@ -279,6 +292,7 @@ class TransformersBackend(ModelBackend):
     def _forced(
         self, conversations: Sequence[Conversation], responses: Sequence[str], role: str = "assistant"
     ) -> list[tuple[list[int], list[int]]]:
+        self._causal_only("log-probs and hidden states")
         if len(conversations) != len(responses):
             raise BackendError(f"{len(conversations)} conversations but {len(responses)} responses")
         pairs = [(self.prompt_ids(c, role), self.response_ids(r)) for c, r in zip(conversations, responses)]
@@ -365,6 +379,76 @@ class TransformersBackend(ModelBackend):
                     mean = (total / len(r)).astype(np.float32) if r else np.full_like(total, np.nan)
                     out[i] = PooledHidden(sum=total, mean=mean, n_tokens=len(r))
         return [h for h in out if h is not None]
+
+    # ----------------------------------------------------------------- reward models
+
+    def _causal_only(self, capability: str) -> None:
+        if self.reward_head:
+            raise self._unsupported(
+                f"{capability}: {self.model_dir} is a reward model ({self.reward_head[0]}), which scores whole "
+                "conversations and has no language-model head; configure a causal LM for this"
+            )
+
+    def reward(self, conversations: Sequence[Conversation], responses: Sequence[str]) -> list[float]:
+        """The reward head's logit for template(conversation + assistant response), the way the
+        model scores one unpadded conversation (``model(ids).logits[0, 0]``).
+
+        Batches are right-padded with an attention mask: every real token keeps its position and
+        a causal model never attends to the pads after it, so batched scores equal one-by-one
+        scores up to float rounding. The head pools at the last token that is not the configured
+        pad token, as transformers does.
+        """
+        import torch
+
+        if not self.reward_head:
+            raise self._unsupported(f"reward scoring: {reward_head_problem(self.model_dir)}")
+        if len(conversations) != len(responses):
+            raise BackendError(f"{len(conversations)} conversations but {len(responses)} responses")
+        seqs = [self._reward_ids(c, r, i) for i, (c, r) in enumerate(zip(conversations, responses))]
+        scores = [0.0] * len(seqs)
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))  # similar lengths together: less padding
+        with torch.inference_mode():
+            for chunk in _chunks(order, self.batch_size):
+                for i, score in zip(chunk, self._reward_batch([seqs[i] for i in chunk])):
+                    scores[i] = score
+        return scores
+
+    def _reward_ids(self, conversation: Conversation, response: str, index: int) -> list[int]:
+        messages = [{"role": m["role"], "content": m["content"]} for m in conversation]
+        text = self.tokenizer.apply_chat_template([*messages, {"role": "assistant", "content": response}], tokenize=False)
+        ids = self.tokenizer(str(text), add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise BackendError(f"conversation {index} with its response renders to no tokens with the chat template")
+        self._check_length(len(ids), f"conversation {index} with its response")
+        return ids
+
+    def _reward_batch(self, seqs: list[list[int]]) -> list[float]:
+        """Scores of one right-padded batch.
+
+        A model whose config names no pad token pools at the very last token, and transformers
+        refuses batches for it; padding such a batch with an id that ends none of its rows, named
+        the pad for this call only, pools at the same last tokens.
+        """
+        import torch
+
+        text_config = self.lm.config.get_text_config()
+        configured = text_config.pad_token_id
+        pad = configured
+        if pad is None:  # the pads are masked, so any id will do that ends no row
+            ends = {s[-1] for s in seqs}
+            pad = min(set(range(len(ends) + 1)) - ends)
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for row, s in enumerate(seqs):
+            ids[row, : len(s)] = torch.tensor(s)
+            mask[row, : len(s)] = 1
+        text_config.pad_token_id = pad
+        try:
+            logits = self.lm(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        finally:
+            text_config.pad_token_id = configured
+        return logits[:, 0].float().tolist()
 
     # ----------------------------------------------------------------- structured chat
 

@@ -43,6 +43,7 @@ from curation.models.base import (
 )
 from curation.models.config import BackendConfig
 from curation.models.local_models import SMOLLM2_DIR, check_causal_lm, is_smollm2, resolve_model_dir
+from curation.models.reward_head import classifier_head, reward_head_problem
 
 VLLM_MISSING = (
     "the 'vllm' backend needs vLLM, which is not installed in this environment. vLLM pins its own "
@@ -97,6 +98,8 @@ class VLLMBackend(ModelBackend):
         if is_smollm2(cfg.model) and (Path(data_root) / "models" / SMOLLM2_DIR / "config.json").is_file():
             return
         check_causal_lm(cfg.model)
+        if classifier_head(cfg.model) and (problem := reward_head_problem(cfg.model)):
+            raise ConfigError(f"the vllm backend loads a sequence-classification folder as a reward model, but {problem}")
 
     def __init__(self, cfg: BackendConfig, data_root: Path) -> None:
         from vllm import LLM
@@ -106,6 +109,10 @@ class VLLMBackend(ModelBackend):
         self.model_dir = _model_dir(cfg.model, Path(data_root))
         # enforce_eager: on CPU compiling costs minutes at start for no speed gain; engine_args may override.
         kwargs: dict[str, Any] = {"dtype": cfg.dtype, "enforce_eager": True, "seed": 0, **cfg.engine_args}
+        # A *ForSequenceClassification folder is a reward model, served by vLLM's pooling runner.
+        self.reward_head = classifier_head(self.model_dir)
+        if self.reward_head:
+            kwargs = {"runner": "pooling", **kwargs}
         try:
             self._llm: Any = LLM(model=str(self.model_dir), **kwargs)
         except Exception as err:  # vLLM raises many types; the message is what the user needs
@@ -146,6 +153,11 @@ class VLLMBackend(ModelBackend):
     def _run(self, prompts: list[list[int]], params: Any) -> list[Any]:
         from vllm.inputs import TokensPrompt
 
+        if self.reward_head:
+            raise self._unsupported(
+                f"generation and log-probs: {self.model_dir} is a reward model ({self.reward_head[0]}) "
+                "served by vLLM's pooling runner; configure a causal LM for this"
+            )
         try:
             return self._llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompts], params, use_tqdm=False)
         except Exception as err:
@@ -254,6 +266,43 @@ class VLLMBackend(ModelBackend):
                 error = f"{error} (reply cut at max_tokens={params.max_tokens})"
             replies.append(StructuredReply(text=gen.text, value=value, error=error, usage=result.usage))
         return replies
+
+    def reward(self, conversations: Sequence[Conversation], responses: Sequence[str]) -> list[float]:
+        """The reward head's raw logit (``LLM.classify`` with ``use_activation=False``) over
+        template(conversation + assistant response), passed as token ids like the transformers
+        backend's. vLLM pools the last token; transformers pools the last token that is not the
+        configured pad token, so the two agree unless a rendering ends with the pad token."""
+        if not self.reward_head:
+            raise self._unsupported(f"reward scoring: {reward_head_problem(self.model_dir)}")
+        if len(conversations) != len(responses):
+            raise BackendError(f"{len(conversations)} conversations but {len(responses)} responses")
+        from vllm import PoolingParams
+        from vllm.inputs import TokensPrompt
+
+        prompts = []
+        for i, (conversation, response) in enumerate(zip(conversations, responses)):
+            messages = [{"role": m["role"], "content": m["content"]} for m in conversation]
+            ids = self._encode(
+                str(self._tokenizer.apply_chat_template([*messages, {"role": "assistant", "content": response}], tokenize=False))
+            )
+            if not ids or len(ids) > self._max_len:
+                raise BackendError(
+                    f"conversation {i} with its response is {len(ids)} tokens; model {self.model!r} takes 1 to {self._max_len}"
+                )
+            prompts.append(TokensPrompt(prompt_token_ids=ids))
+        scores: list[float] = []
+        for _, chunk in _chunks(prompts, self.cfg.batch_size):
+            try:
+                outputs = self._llm.classify(list(chunk), pooling_params=PoolingParams(use_activation=False), use_tqdm=False)
+            except Exception as err:
+                raise BackendError(f"vLLM failed on model {self.model!r}: {type(err).__name__}: {err}") from err
+            for out in outputs:
+                if len(out.outputs.probs) != 1:
+                    raise BackendError(
+                        f"model {self.model!r} returned {len(out.outputs.probs)} logits per conversation; a reward model has one"
+                    )
+                scores.append(float(out.outputs.probs[0]))
+        return scores
 
     def hidden_states(self, conversations: Sequence[Conversation], responses: Sequence[str]) -> list[PooledHidden]:
         raise self._unsupported(
