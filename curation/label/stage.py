@@ -81,7 +81,10 @@ def run_labeler(labeler: Labeler, label_cfg: LabelConfig, files: list[str], writ
     expected: set[str] = set()
     labelled: set[str] = set()
     rows = 0
-    progress.start(f"label: {labeler.name}", None)
+    own = NoProgress() if not labeler.streaming else progress
+    if not labeler.streaming and hasattr(labeler, "progress"):
+        labeler.progress = progress  # one call on every pair: the labeler reports its own slow steps
+    own.start(f"label: {labeler.name}", None)
     for pairs in chunks:
         if not pairs.num_rows:
             continue
@@ -93,8 +96,8 @@ def run_labeler(labeler: Labeler, label_cfg: LabelConfig, files: list[str], writ
         labelled.update(out["pair_id"].to_pylist())
         verdicts.update(out["verdict"].to_pylist())
         rows += out.num_rows
-        progress.advance(pairs.num_rows)
-    progress.finish()
+        own.advance(pairs.num_rows)
+    own.finish()
     _check_coverage(labeler, expected, labelled)
     return {
         "kind": labeler.kind,
