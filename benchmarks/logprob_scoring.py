@@ -26,6 +26,7 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from curation.models import BackendConfig, build_backend  # noqa: E402
+from curation.models.transformers_backend import score_token_budget  # noqa: E402
 
 SAMPLE = REPO / "data" / "samples" / "hh-rlhf-harmless-base" / "test-dev-1200.jsonl"
 
@@ -80,7 +81,9 @@ def main() -> None:
     forced = backend._forced(conversations, responses)
     total_tokens = sum(len(p) + len(r) for p, r in forced)
     scored_tokens = sum(len(r) for _, r in forced)
-    batches = [ids for _, ids in backend._forced_batches(forced, 1024)]  # the batches score_logprobs runs
+    batches = [
+        ids for _, ids in backend._forced_batches(forced, score_token_budget(backend.lm.config.get_text_config().vocab_size))
+    ]  # the batches score_logprobs runs
 
     def scoring() -> None:
         backend.score_logprobs(conversations, responses)

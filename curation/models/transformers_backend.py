@@ -54,8 +54,13 @@ from curation.models.local_models import check_causal_lm, resolve_model_dir
 from curation.models.reward_head import classifier_head, reward_head_problem
 
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16"}
-# Scored tokens per forward pass: their logits are (tokens x vocab) floats, ~200 MB at 1024 x 49152.
-SCORE_TOKEN_BUDGET = 1024
+# Logit floats per scoring forward pass (tokens x vocab): ~200 MB, i.e. ~1024 scored tokens for
+# SmolLM2's 49k vocabulary and ~190 for Gemma 3's 262k one.
+SCORE_LOGITS_BUDGET = 50_000_000
+
+
+def score_token_budget(vocab_size: int) -> int:
+    return max(64, SCORE_LOGITS_BUDGET // max(1, vocab_size))
 
 
 def _say(msg: str) -> None:
@@ -339,7 +344,7 @@ class TransformersBackend(ModelBackend):
         pairs = self._forced(conversations, responses, role)
         out: list[list[float]] = [[] for _ in pairs]
         with torch.inference_mode():
-            for batch, ids in self._forced_batches(pairs, SCORE_TOKEN_BUDGET):
+            for batch, ids in self._forced_batches(pairs, score_token_budget(self.lm.config.get_text_config().vocab_size)):
                 keep = torch.zeros(ids.shape, dtype=torch.bool)  # positions whose logits predict a response token
                 targets: list[int] = []
                 for row, i in enumerate(batch):
