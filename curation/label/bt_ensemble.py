@@ -162,19 +162,47 @@ class BTEnsemble(Labeler):
                 "or lower min_train_pairs"
             )
         folds = {i: fold_of(views[i].prompt, self.cfg.members, self.cfg.seed) for i in human}
-        plan = [self._training_set(m, folds) for m in range(self.cfg.members)]  # fails before the slow embedding
-        phi_a, phi_b = self._features(views)
-        members = [
-            Member(index=m, folds=mine, weights=fit_bt(phi_a[train] - phi_b[train], self.cfg.l2, self.cfg.epochs), train_pairs=len(train))
-            for m, (mine, train) in enumerate(plan)
-        ]
-        rows = [
-            self._row(view, member, folds.get(i), float(phi_a[i] @ member.weights), float(phi_b[i] @ member.weights))
-            for i, view in enumerate(views)
-            for member in members
-            if folds.get(i) not in member.folds
-        ]
+        groups = self._groups(pairs["source_dataset"].to_pylist(), human)
+        plans = {
+            key: [self._training_set(m, {i: folds[i] for i in train}) for m in range(self.cfg.members)]
+            for key, (train, _) in groups.items()
+        }
+        phi_a, phi_b = self._features(views)  # the slow part, after every check
+        rows = []
+        for key, (_, scored) in groups.items():
+            members = [
+                Member(
+                    index=m, folds=mine, weights=fit_bt(phi_a[train] - phi_b[train], self.cfg.l2, self.cfg.epochs), train_pairs=len(train)
+                )
+                for m, (mine, train) in enumerate(plans[key])
+            ]
+            rows += [
+                self._row(views[i], member, folds.get(i), float(phi_a[i] @ member.weights), float(phi_b[i] @ member.weights), key)
+                for i in scored
+                for member in members
+                if folds.get(i) not in member.folds
+            ]
+        order = {view.pair_id: n for n, view in enumerate(views)}
+        rows.sort(key=lambda r: order[r["pair_id"]])
         return self.table(rows)
+
+    def _groups(self, sources: list[str], human: list[int]) -> dict[str | None, tuple[list[int], list[int]]]:
+        """Training group -> (human pairs it trains on, pairs it scores). With ``per_source``
+        every source with enough human labels gets its own members (sources disagree on what
+        "better" means: HH-harmless prefers refusals, PandaLM helpfulness); pairs of the other
+        sources (e.g. generated pairs) are scored by members trained on every human pair."""
+        own: dict[str | None, tuple[list[int], list[int]]] = {}
+        if self.cfg.per_source:
+            by_source: dict[str, list[int]] = {}
+            for i in human:
+                by_source.setdefault(sources[i], []).append(i)
+            own = {src: (train, []) for src, train in by_source.items() if len(train) >= self.cfg.min_train_pairs}
+        pooled: tuple[list[int], list[int]] = (human, [])
+        for i, src in enumerate(sources):
+            (own[src] if src in own else pooled)[1].append(i)
+        if pooled[1]:
+            own[None] = pooled
+        return own
 
     def _features(self, views: list[PairView]) -> tuple[np.ndarray, np.ndarray]:
         """phi(x, chosen) and phi(x, rejected) for every pair, each distinct text embedded once."""
@@ -198,8 +226,16 @@ class BTEnsemble(Labeler):
             )
         return mine, train
 
-    def _row(self, view: PairView, member: Member, fold: int | None, score_a: float, score_b: float) -> dict[str, Any]:
-        details = {"member": member.index, "fold": fold, "train_folds": sorted(member.folds), "train_pairs": member.train_pairs}
+    def _row(
+        self, view: PairView, member: Member, fold: int | None, score_a: float, score_b: float, trained_on: str | None
+    ) -> dict[str, Any]:
+        details = {
+            "member": member.index,
+            "fold": fold,
+            "train_folds": sorted(member.folds),
+            "train_pairs": member.train_pairs,
+            "trained_on": trained_on or "all human-labelled pairs",
+        }
         return self.row(
             view.pair_id,
             score_a,

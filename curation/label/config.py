@@ -130,6 +130,9 @@ class BTEnsembleConfig(LabelerBase):
     l2: float = Field(default=10.0, ge=0, description="L2 penalty on the head's weights (loss summed over pairs)")
     epochs: int = Field(default=200, ge=1, description="at most this many full-batch Newton steps (it stops at convergence)")
     seed: int = Field(default=0, description="seeds the assignment of pairs to folds")
+    per_source: bool = Field(
+        default=True, description="train each source's own members on its own human labels (pooled members score the other sources)"
+    )
     min_train_pairs: int = Field(default=20, ge=2, description="fewer human-labelled pairs than this is an error")
 
 
