@@ -224,14 +224,14 @@ def _print_run_result(result: dict, data_root: str) -> None:
 @app.command()
 @friendly
 def check(recipe: Path = typer.Argument(..., help="Recipe YAML to check."), data_root: str | None = DataRoot) -> None:
-    """Check a recipe without running it: config, adapters and that every input can be opened."""
+    """Check a recipe without running it: config, adapters, backends, labelers and that every input can be opened."""
     from curation.config import load_config
     from curation.pipeline import input_fingerprints
 
     cfg = load_config(recipe, data_root=data_root)
-    from curation.generate.stage import check as check_generation
+    from curation.pipeline import check_models
 
-    check_generation(cfg)
+    check_models(cfg)  # backends, models, servers, labeler configs: no weights are loaded
     fps = input_fingerprints(cfg)
     console.print(f"Recipe OK: dataset [bold]{cfg.publish.dataset}[/], config hash {cfg.config_hash()}")
     for fp in fps:

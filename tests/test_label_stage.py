@@ -63,7 +63,9 @@ def test_labels_and_agreement_are_published_and_queryable(tmp_path: Path, hh_pat
     # The pairs keep their human label; AI labels sit beside them.
     assert sql("SELECT DISTINCT label_source FROM pairs", cfg.data_root)["label_source"].to_list() == ["human"]
     # "Which pairs does the labeler disagree with the human on?" is one join.
-    disagree = sql("SELECT count(*) AS n FROM labels l JOIN pairs p USING (pair_id) WHERE l.labeler = 'len-all' AND l.verdict = 'B'", cfg.data_root)
+    disagree = sql(
+        "SELECT count(*) AS n FROM labels l JOIN pairs p USING (pair_id) WHERE l.labeler = 'len-all' AND l.verdict = 'B'", cfg.data_root
+    )
     agree = sql("SELECT * FROM agreement WHERE labeler = 'len-all' AND bin = -1", cfg.data_root).to_dicts()[0]
     assert agree["n_disagree"] == disagree["n"][0]
     assert agree["n"] == kept
@@ -93,3 +95,56 @@ def test_label_section_is_part_of_the_config_hash(tmp_path: Path, hh_path: Path)
     other = _cfg(tmp_path / "c", hh_path, {"labelers": [_labeler("len", limit=3)]})
     assert base.config_hash() == same.config_hash()  # chunking does not change labels
     assert base.config_hash() != other.config_hash()
+
+
+@pytest.mark.parametrize(
+    ("labeler", "message"),
+    [
+        (
+            {
+                "name": "cdr",
+                "kind": "density_ratio",
+                "strong": {"backend": "transformers", "model": "smollm2"},
+                "weak": {"backend": "transformers", "model": "smollm2"},
+            },
+            "same model",
+        ),
+        (
+            {
+                "name": "flr",
+                "kind": "follow_up",
+                "backend": {"backend": "transformers", "model": "smollm2"},
+                "follow_ups": {"x": {"positive": ["Thanks!"], "negative": []}},
+            },
+            "negative",
+        ),
+        (
+            {
+                "name": "judge",
+                "kind": "judge_pairwise",
+                "backend": {"backend": "transformers", "model": "smollm2"},
+                "template": "no-placeholders.txt",
+            },
+            "response_a",
+        ),
+    ],
+)
+def test_bad_labeler_config_fails_before_any_work(tmp_path: Path, hh_path: Path, labeler: dict, message: str) -> None:
+    from typer.testing import CliRunner
+
+    from curation.cli import app
+    from curation.errors import ConfigError
+    from tests.helpers import write_recipe
+
+    (tmp_path / "no-placeholders.txt").write_text("Which is better?\n{prompt}\n")
+    sources = [{"name": "hh", "path": str(hh_path), "adapter": "hh_rlhf", "limit": 10}]
+    try:
+        cfg = recipe_config(tmp_path, sources, dataset="bad", label={"labelers": [labeler]})
+    except ConfigError as err:  # caught when the recipe loads
+        assert message in str(err).lower() or message in str(err)
+        return
+    with pytest.raises(ConfigError, match=message):
+        curate(cfg)
+    assert not (Path(cfg.data_root) / "runs").exists()  # nothing started
+    out = CliRunner().invoke(app, ["check", str(write_recipe(tmp_path, sources, "bad", label={"labelers": [labeler]}))])
+    assert out.exit_code != 0 and message in out.output

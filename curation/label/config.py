@@ -154,7 +154,7 @@ class LabelConfig(Strict):
     limit: int | None = Field(
         default=None, ge=1, description="label at most this many pairs per source, of the kept and of the generated pairs (in order)"
     )
-    chunk_size: int = Field(default=16, ge=1, description="pairs per labeler call")
+    chunk_size: int = Field(default=64, ge=1, description="pairs per labeler call (HTTP judges keep up to 2 x chunk requests in flight)")
     agreement: AgreementConfig = Field(default_factory=AgreementConfig)
 
     @model_validator(mode="after")
