@@ -26,3 +26,17 @@ def test_prefect_flow_publishes_like_the_library(tmp_path, hh_path, monkeypatch)
 
     again = curate_flow(str(recipe))
     assert again["unchanged"] and again["version"] == 1
+
+
+def test_prefect_flow_runs_the_label_task(tmp_path, hh_path, monkeypatch):
+    import curation.label as label_registry
+    from flows.curate import curate_flow
+
+    monkeypatch.setitem(label_registry.LABELERS, "reward_model", "tests.test_label_stage:LongerWins")
+    sources = [{"name": "hh", "path": str(hh_path), "adapter": "hh_rlhf", "limit": 60}]
+    labeler = {"name": "len", "kind": "reward_model", "backend": {"backend": "transformers", "model": "unused"}}
+    recipe = write_recipe(tmp_path / "flow", sources, dataset="hh", label={"labelers": [labeler]})
+    result = curate_flow(str(recipe))
+    assert "label" in result["timings"]
+    labels = sql("SELECT count(*) AS n FROM labels", str(tmp_path / "flow" / "root"))["n"][0]
+    assert labels == result["funnel"]["kept"] == result["funnel"]["labels"]["labelers"]["len"]["pairs"]
