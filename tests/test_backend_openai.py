@@ -199,6 +199,13 @@ def test_score_logprobs_returns_only_response_tokens(stub: OpenAIStub) -> None:
     with make_backend(stub, tokenizer=tokenizer) as backend:
         with pytest.raises(Unsupported, match="does not return prompt log-probs through completions echo"):
             backend.score_logprobs(conversations[:1], responses[:1])
+    stub.reject_echo_logprobs = False
+    # A request the server refuses for another reason (too long) is a failed request, not a missing capability.
+    stub.add_faults({"status": 400, "message": "This model's maximum context length is 2048 tokens", "path": "/v1/completions"})
+    with make_backend(stub, tokenizer=tokenizer) as backend:
+        with pytest.raises(BackendError, match="maximum context length") as err:
+            backend.score_logprobs(conversations[:1], responses[:1])
+        assert not isinstance(err.value, Unsupported)
 
 
 def test_score_logprobs_needs_a_tokenizer(stub: OpenAIStub) -> None:

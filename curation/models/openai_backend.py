@@ -103,6 +103,13 @@ def _base_url(cfg: BackendConfig) -> str:
     return cfg.base_url.rstrip("/")
 
 
+def _about_echo(message: str) -> bool:
+    """Whether a server's rejection is about echo/logprobs (vLLM, OpenAI and others name the
+    parameter), as opposed to a bad request such as a prompt over the context length."""
+    text = message.lower()
+    return any(word in text for word in ("echo", "logprob", "not supported", "unsupported"))
+
+
 def _host(url: str) -> str:
     parsed = urlparse(url)
     return parsed.hostname + (f":{parsed.port}" if parsed.port else "") if parsed.hostname else url
@@ -626,9 +633,9 @@ class OpenAIBackend(ModelBackend):
                 {"model": self.model, "prompt": full, "max_tokens": 1, "temperature": 0.0, "echo": True, "logprobs": 1},
             )
         except ServerRejected as err:
-            if err.status in (400, 404, 422):
+            if err.status == 404 or (err.status in (400, 422) and _about_echo(err.server_message)):
                 raise self._no_echo(f"HTTP {err.status}: {err.server_message}") from None
-            raise
+            raise  # e.g. a prompt longer than the context: a failed request, not a missing capability
         choices = _choices(reply)
         logprobs = choices[0].get("logprobs") if choices else None
         offsets = logprobs.get("text_offset") if isinstance(logprobs, dict) else None
