@@ -18,7 +18,7 @@ import torch
 
 from curation.errors import ConfigError
 from curation.models import BackendConfig, SamplingParams, Unsupported, build_backend, check_backend
-from curation.models.base import schema_problem
+from curation.models.base import ModelBackend, schema_problem
 from curation.models.embedder import SentenceTransformerBackend
 from curation.models.transformers_backend import TransformersBackend
 
@@ -117,6 +117,18 @@ def test_score_logprobs_batched_equals_one_by_one(lm: TransformersBackend) -> No
         np.testing.assert_allclose(scores, alone, atol=1e-4)
     assert batched[3] == []
     assert np.mean(batched[1]) > np.mean(batched[2]) + 1.0  # a sensible answer is far likelier than nonsense
+
+
+def test_choice_logprobs_one_pass_equals_teacher_forcing(lm: TransformersBackend) -> None:
+    """Single-token choices are read off one forward pass; the numbers equal scoring each
+    choice as the whole reply, and multi-token choices fall back to that scoring."""
+    convs = [[{"role": "user", "content": p}] for p in ("Is Paris in France? Answer A for yes, B for no.", "Pick A or B.", *_hh_prompts(2))]
+    fast = lm.choice_logprobs(convs, ["A", "B"])
+    slow = ModelBackend.choice_logprobs(lm, convs, ["A", "B"])  # the generic path: score_logprobs per choice
+    assert np.allclose(fast, slow, atol=1e-4)
+    assert all(np.exp(a) + np.exp(b) <= 1.0 for a, b in fast)  # two of the vocabulary's next tokens
+    multi = lm.choice_logprobs(convs[:2], ["Yes, it is.", "No"])
+    assert np.allclose(multi, ModelBackend.choice_logprobs(lm, convs[:2], ["Yes, it is.", "No"]))
 
 
 def test_score_logprobs_match_full_forward(lm: TransformersBackend) -> None:

@@ -401,9 +401,8 @@ def _softmax2(logp_a: float, logp_b: float) -> float:
 
 def letter_probabilities(backend: ModelBackend, conversations: Sequence[Conversation]) -> list[tuple[float, float]]:
     """(log P("A"), log P("B")) as the judge's whole answer to each conversation, in one
-    scoring call; a letter that is several tokens is summed over its tokens."""
-    scores = backend.score_logprobs([c for c in conversations for _ in (0, 1)], ["A", "B"] * len(conversations))
-    return [(sum(scores[2 * i]), sum(scores[2 * i + 1])) for i in range(len(conversations))]
+    ``choice_logprobs`` call (one forward pass per conversation where the backend can)."""
+    return [(a, b) for a, b in backend.choice_logprobs(conversations, ["A", "B"])]
 
 
 # --------------------------------------------------------------------------- rubric

@@ -152,6 +152,16 @@ class ModelBackend:
         """
         raise self._unsupported("log-prob scoring")
 
+    def choice_logprobs(self, conversations: Sequence[Conversation], choices: Sequence[str]) -> list[list[float]]:
+        """log P(choice) as the whole assistant reply, for every conversation and choice (e.g. a
+        judge's "A" / "B"): ``out[i][j]`` is choice j's summed token log-probs after
+        conversation i. This default scores every (conversation, choice) with one
+        ``score_logprobs`` call; backends that can read several choices off one forward pass
+        override it."""
+        flat = self.score_logprobs([c for c in conversations for _ in choices], [ch for _ in conversations for ch in choices])
+        k = len(choices)
+        return [[sum(flat[i * k + j]) for j in range(k)] for i in range(len(conversations))]
+
     def hidden_states(self, conversations: Sequence[Conversation], responses: Sequence[str]) -> list[PooledHidden]:
         """Last-layer hidden states of each response's tokens, summed and mean-pooled."""
         raise self._unsupported("hidden states")
