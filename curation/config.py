@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from curation.errors import ConfigError
 from curation.generate.config import GenerateConfig
-from curation.label.config import LabelConfig
+from curation.label.config import PROMPT_FILE_SUFFIXES, LabelConfig
 
 DATASET_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
@@ -167,8 +167,8 @@ def _resolve_label_paths(cfg: RunConfig, base_dir: Path) -> None:
         if template and not Path(template).is_absolute():
             lab.template = str((base_dir / template).resolve())
         system = getattr(lab, "system_prompt", None)  # a file name or the prompt text itself
-        if system and "\n" not in system and system.endswith((".txt", ".md")) and not Path(system).is_absolute():
-            lab.system_prompt = str((base_dir / system).resolve())
+        if system and "\n" not in system and system.strip().endswith(PROMPT_FILE_SUFFIXES) and not Path(system.strip()).is_absolute():
+            lab.system_prompt = str((base_dir / system.strip()).resolve())
 
 
 def load_config(path: str | Path, *, data_root: str | None = None) -> RunConfig:

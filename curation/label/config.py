@@ -7,6 +7,7 @@ changing only its ``backend`` block.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -14,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from curation.models.config import BackendConfig
 
 LABELER_NAME = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+PROMPT_FILE_SUFFIXES = (".txt", ".md", ".prompt", ".tmpl", ".j2")
 
 
 class Strict(BaseModel):
@@ -29,42 +31,52 @@ class LabelerBase(Strict):
     limit: int | None = Field(default=None, ge=1, description="label at most this many pairs per source (default: label.limit)")
 
 
-class JudgePairwiseConfig(LabelerBase):
+def looks_like_file(value: str) -> bool:
+    """Whether a ``system_prompt`` value names a file rather than being the prompt: one line
+    with a prompt-file suffix, or an existing file. The recipe loader resolves such values
+    relative to the recipe; the judges read them."""
+    value = value.strip()
+    if "\n" in value:
+        return False
+    try:
+        return value.endswith(PROMPT_FILE_SUFFIXES) or Path(value).expanduser().is_file()
+    except OSError:  # e.g. a long one-line prompt is not a valid file name
+        return False
+
+
+class JudgeBase(LabelerBase):
+    """What both judges share: the chat backend, the system prompt and the retry policy."""
+
+    backend: BackendConfig
+    system_prompt: str | None = Field(default=None, description="system prompt file or text (default: the built-in judge instructions)")
+    temperature: float = Field(default=0.0, ge=0)
+    seed: int = 0
+    max_retries: int = Field(default=2, ge=0, description="re-asks after malformed output, then the label is invalid")
+    retry_temperature: float = Field(
+        default=0.7, ge=0, description="re-asks sample at least this hot (a greedy re-ask would repeat the malformed reply)"
+    )
+
+
+class JudgePairwiseConfig(JudgeBase):
     """MT-Bench style: which of two responses is better, asked in both orders."""
 
     kind: Literal["judge_pairwise"] = "judge_pairwise"
-    backend: BackendConfig
     verdict_by: Literal["reply", "logprobs"] = Field(
         default="reply",
         description="reply: a generated JSON verdict (any chat backend); logprobs: compare the log-probs of answering "
         "'A' and 'B' (needs log-prob scoring; always parses, suits small local models)",
     )
     template: str | None = Field(default=None, description="user-turn template file; needs {prompt}, {response_a}, {response_b}")
-    system_prompt: str | None = Field(default=None, description="system prompt file or text (default: the built-in judge instructions)")
     max_tokens: int = Field(default=256, ge=1)
-    temperature: float = Field(default=0.0, ge=0)
-    seed: int = 0
-    max_retries: int = Field(default=2, ge=0, description="re-asks after malformed output, then the label is invalid")
-    retry_temperature: float = Field(
-        default=0.7, ge=0, description="re-asks sample at least this hot (a greedy re-ask would repeat the malformed reply)"
-    )
 
 
-class JudgeRubricConfig(LabelerBase):
+class JudgeRubricConfig(JudgeBase):
     """UltraFeedback style: each response rated 1-5 per aspect with a short rationale."""
 
     kind: Literal["judge_rubric"] = "judge_rubric"
-    backend: BackendConfig
     template: str | None = Field(default=None, description="user-turn template file; needs {prompt}, {response}, {aspects}")
-    system_prompt: str | None = None
     aspects: list[str] = Field(default_factory=lambda: ["instruction_following", "honesty", "truthfulness", "helpfulness"], min_length=1)
     max_tokens: int = Field(default=384, ge=1)
-    temperature: float = Field(default=0.0, ge=0)
-    seed: int = 0
-    max_retries: int = Field(default=2, ge=0, description="re-asks after malformed output, then the label is invalid")
-    retry_temperature: float = Field(
-        default=0.7, ge=0, description="re-asks sample at least this hot (a greedy re-ask would repeat the malformed reply)"
-    )
 
 
 class DensityRatioConfig(LabelerBase):

@@ -46,8 +46,8 @@ from typing import Any
 import pyarrow as pa
 
 from curation.errors import ConfigError
-from curation.label.base import Labeler, PairView, pair_views
-from curation.label.config import JudgePairwiseConfig, JudgeRubricConfig
+from curation.label.base import Labeler, PairView, pair_views, verdict_from_margin
+from curation.label.config import JudgePairwiseConfig, JudgeRubricConfig, looks_like_file
 from curation.models import check_backend
 from curation.models.base import BackendError, Conversation, ModelBackend, SamplingParams, StructuredReply, schema_problem
 
@@ -74,7 +74,6 @@ ASPECT_DEFINITIONS = {
 POINTS = {"A": (1.0, 0.0), "B": (0.0, 1.0), "tie": (0.5, 0.5)}
 SWAP = {"A": "B", "B": "A", "tie": "tie"}
 MT_BENCH_VERDICT = re.compile(r"\[\[\s*(A|B|C|tie)\s*\]\]", re.IGNORECASE)
-_FILE_SUFFIXES = (".txt", ".md", ".prompt", ".tmpl", ".j2")
 
 
 # --------------------------------------------------------------------------- templates
@@ -108,18 +107,6 @@ def load_system_prompt(value: str | None, default: Path) -> str:
     if looks_like_file(value):
         return _read(Path(value.strip()).expanduser(), "judge system prompt").strip()
     return value.strip()
-
-
-def looks_like_file(value: str) -> bool:
-    """Whether a ``system_prompt`` value names a file: one line that has a prompt-file suffix or
-    is an existing file (a recipe loader resolves such values relative to the recipe)."""
-    value = value.strip()
-    if "\n" in value:
-        return False
-    try:
-        return value.endswith(_FILE_SUFFIXES) or Path(value).expanduser().is_file()
-    except OSError:  # e.g. a long one-line prompt is not a valid file name
-        return False
 
 
 def fill(template: str, values: dict[str, str]) -> str:
@@ -375,7 +362,7 @@ class PairwiseJudge(Labeler):
         """Scores = probability mass each slot got over both orders (in [0, 2]); the verdict
         of each order is its likelier letter, combined as for generated verdicts."""
         p_a_ab, p_a_ba = _softmax2(*ab), _softmax2(*ba)  # P("A") in each order
-        v_ab, v_ba = ("A" if p_a_ab > 0.5 else "B" if p_a_ab < 0.5 else "tie"), ("A" if p_a_ba > 0.5 else "B" if p_a_ba < 0.5 else "tie")
+        v_ab, v_ba = verdict_from_margin(p_a_ab - 0.5), verdict_from_margin(p_a_ba - 0.5)
         _, _, verdict, consistent = combine_orders(v_ab, v_ba)
         score_a, score_b = p_a_ab + (1 - p_a_ba), (1 - p_a_ab) + p_a_ba
         details = {"verdict_ab": v_ab, "verdict_ba": v_ba, "p_letter_a_ab": p_a_ab, "p_letter_a_ba": p_a_ba}
