@@ -159,19 +159,19 @@ def print_funnel(result: dict) -> None:
 def print_labels(labels: dict) -> None:
     from curation.report import AGREEMENT_HEADER, LABELER_HEADER, agreement_rows, labeler_rows
 
-    t = Table(title="Labels", show_header=True)
-    for col in LABELER_HEADER:
-        t.add_column(col)
-    for row in labeler_rows(labels):
-        t.add_row(*[str(v) for v in row])
-    console.print(t)
+    console.print(_text_table("Labels", LABELER_HEADER, labeler_rows(labels)))
     if labels.get("agreement"):
-        t = Table(title="Agreement with human labels (ties and invalid apart)", show_header=True)
-        for col in AGREEMENT_HEADER:
-            t.add_column(col)
-        for row in agreement_rows(labels):
-            t.add_row(*[str(v) for v in row])
-        console.print(t)
+        console.print(_text_table("Agreement with human labels (ties and invalid apart)", AGREEMENT_HEADER, agreement_rows(labels)))
+
+
+def _text_table(title: str, header: list[str], rows: list[list]) -> Table:
+    """A rich table of the report's (header, rows): the CLI prints what the HTML report shows."""
+    table = Table(title=title, show_header=True)
+    for col in header:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*[str(v) for v in row])
+    return table
 
 
 @app.command()
