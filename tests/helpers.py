@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import yaml
 
 from curation.config import RunConfig, load_config
+from curation.errors import RowError
+from curation.ingest.adapters import build_adapter
+from curation.records import PairDraft, pair_id
+from schemas import arrow_schema
 
 
 def write_jsonl(path: Path, rows: list[Any]) -> Path:
@@ -38,3 +45,42 @@ def hh(prompt_turns: list[tuple[str, str]], chosen: str, rejected: str) -> dict[
     """An HH-RLHF row from (role, text) turns ending in a Human turn, plus two final replies."""
     prefix = "".join(f"\n\n{'Human' if r == 'user' else 'Assistant'}: {t}" for r, t in prompt_turns)
     return {"chosen": f"{prefix}\n\nAssistant: {chosen}", "rejected": f"{prefix}\n\nAssistant: {rejected}"}
+
+
+# --------------------------------------------------------------------------- labeler inputs
+
+LABEL_PAIR_FIELDS = ["pair_id", "prompt", "chosen", "rejected", "label_source", "source_dataset"]
+LABEL_PAIRS_SCHEMA = pa.schema([arrow_schema("pairs").field(name) for name in LABEL_PAIR_FIELDS])
+
+
+def labeler_pair(
+    prompt: list, chosen: list, rejected: list, *, label_source: str = "human", source_dataset: str = "hh-rlhf-harmless-base"
+) -> dict[str, Any]:
+    """A pairs-table row with the columns labelers read, its id computed as ingest does."""
+    return {
+        "pair_id": pair_id(prompt, chosen, rejected),
+        "prompt": prompt,
+        "chosen": chosen,
+        "rejected": rejected,
+        "label_source": label_source,
+        "source_dataset": source_dataset,
+    }
+
+
+def hh_drafts(hh_path: Path) -> Iterator[PairDraft]:
+    """The real HH-RLHF file's pairs as the adapter makes them, in file order, skipping the
+    rows it rejects (the ingest tests cover those)."""
+    adapt = build_adapter("hh_rlhf", {})
+    with hh_path.open(encoding="utf-8") as fh:
+        for i, line in enumerate(fh):
+            try:
+                yield from adapt(json.loads(line), f"hh:{i}")
+            except RowError:
+                continue
+
+
+def first_hh_pairs(hh_path: Path, n: int, keep: Callable[[PairDraft], bool] = lambda d: True, **row: Any) -> list[dict[str, Any]]:
+    """The first ``n`` real HH-RLHF pairs that ``keep`` accepts, as ``labeler_pair`` rows."""
+    rows = list(islice((labeler_pair(d.prompt, d.chosen, d.rejected, **row) for d in hh_drafts(hh_path) if keep(d)), n))
+    assert len(rows) == n, f"only {len(rows)} usable pairs in {hh_path}"
+    return rows

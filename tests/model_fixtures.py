@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,3 +44,20 @@ def smollm2_dir(models_root: Path) -> Path:
     if importlib.util.find_spec(SMOLLM2_PACKAGE) is None:
         pytest.skip(f"SmolLM2 is not installed ({INSTALL_HINT})")
     return resolve_model_dir("smollm2", models_root)
+
+
+@pytest.fixture(scope="module")
+def torch_threads() -> Iterator[None]:
+    """One torch thread unless CURATION_TEST_TORCH_THREADS says otherwise; a module asks for it
+    with ``pytestmark = pytest.mark.usefixtures("torch_threads")``.
+
+    On a shared two-core machine, two OpenMP threads that compete with another busy process
+    made generation ~25x slower (52 s instead of 2 s for the same call); one thread does not
+    degrade like that. Restored afterwards so other test modules keep torch's default.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("CURATION_TEST_TORCH_THREADS", "1")))
+    yield
+    torch.set_num_threads(before)

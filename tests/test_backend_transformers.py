@@ -8,7 +8,6 @@ file runs in about a minute on two cores, plus ~30 s the first time SmolLM2 is c
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,18 +27,7 @@ HAIKU = [{"role": "user", "content": "Write a haiku about a long winter night in
 HELLO = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi"}]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def torch_threads() -> Iterator[None]:
-    """One torch thread unless CURATION_TEST_TORCH_THREADS says otherwise.
-
-    On a shared two-core machine, two OpenMP threads that compete with another busy process
-    made generation ~25x slower (52 s instead of 2 s for the same call); one thread does not
-    degrade like that. Restored afterwards so other test modules keep torch's default.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(int(os.environ.get("CURATION_TEST_TORCH_THREADS", "1")))
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_threads")  # tests/model_fixtures.py
 
 
 @pytest.fixture(scope="module")

@@ -67,8 +67,10 @@ def test_accuracy_counts_match_a_plain_count(hh_pairs: pa.Table) -> None:
 def test_only_human_pairs_count_and_invalid_is_apart(hh_pairs: pa.Table) -> None:
     labels = pl.from_arrow(LongerWins(_Cfg("longer"), backends=None).label(hh_pairs))
     # Half the pairs become "unlabeled" (e.g. generated): they must not enter the report.
-    pairs = pl.from_arrow(hh_pairs).with_row_index().with_columns(
-        pl.when(pl.col("index") % 2 == 0).then(pl.lit("human")).otherwise(pl.lit("unlabeled")).alias("label_source")
+    pairs = (
+        pl.from_arrow(hh_pairs)
+        .with_row_index()
+        .with_columns(pl.when(pl.col("index") % 2 == 0).then(pl.lit("human")).otherwise(pl.lit("unlabeled")).alias("label_source"))
     )
     # The first 10 labels become invalid (a judge that failed to parse).
     labels = labels.with_row_index().with_columns(
@@ -101,8 +103,10 @@ def test_ensemble_members_get_a_mean_labeler(hh_pairs: pa.Table) -> None:
 
 def test_per_source_rows_when_several_sources(hh_pairs: pa.Table) -> None:
     labels = LongerWins(_Cfg("longer"), backends=None).label(hh_pairs)
-    pairs = pl.from_arrow(hh_pairs).with_row_index().with_columns(
-        pl.when(pl.col("index") < 100).then(pl.lit("a")).otherwise(pl.lit("b")).alias("source_dataset")
+    pairs = (
+        pl.from_arrow(hh_pairs)
+        .with_row_index()
+        .with_columns(pl.when(pl.col("index") < 100).then(pl.lit("a")).otherwise(pl.lit("b")).alias("source_dataset"))
     )
     df = pl.from_arrow(agreement(labels, pairs.drop("index"), resamples=0))
     summary = df.filter(pl.col("bin") == -1)

@@ -20,20 +20,16 @@ import pyarrow as pa
 import pytest
 
 from curation.errors import ConfigError, CurationError
-from curation.ingest.adapters import build_adapter
 from curation.label import build_labeler
 from curation.label.base import BackendPool, response_text
 from curation.label.bt_ensemble import BTEnsemble, features, fit_bt, fold_of
 from curation.label.config import BTEnsembleConfig
 from curation.models import BackendConfig, ModelBackend, build_backend
-from curation.records import pair_id
-from schemas import arrow_schema
+from tests.helpers import LABEL_PAIRS_SCHEMA, first_hh_pairs, labeler_pair
 
 HUMAN, UNLABELED, K = 300, 20, 5
 HELD_OUT = K - math.ceil(K / 2)  # members that label each human pair
 MINILM = BackendConfig(backend="sentence_transformers", model="all-MiniLM-L6-v2", threads=1, batch_size=64)
-PAIR_FIELDS = ["pair_id", "prompt", "chosen", "rejected", "label_source", "source_dataset"]
-SCHEMA = pa.schema([arrow_schema("pairs").field(name) for name in PAIR_FIELDS])
 
 
 class MemoEmbedder(ModelBackend):
@@ -51,29 +47,12 @@ class MemoEmbedder(ModelBackend):
         return np.stack([self.vectors[t] for t in texts])
 
 
-def row(prompt: list, chosen: list, rejected: list, label_source: str) -> dict[str, Any]:
-    return {
-        "pair_id": pair_id(prompt, chosen, rejected),
-        "prompt": prompt,
-        "chosen": chosen,
-        "rejected": rejected,
-        "label_source": label_source,
-        "source_dataset": "hh-rlhf-harmless-base",
-    }
-
-
 @pytest.fixture(scope="module")
 def pairs(hh_path: Path) -> pa.Table:
-    adapt = build_adapter("hh_rlhf", {})
-    rows: list[dict[str, Any]] = []
-    with hh_path.open(encoding="utf-8") as fh:
-        for i, line in enumerate(fh):
-            for d in adapt(json.loads(line), f"hh:{i}"):
-                if response_text(d.chosen) != response_text(d.rejected):
-                    rows.append(row(d.prompt, d.chosen, d.rejected, "human" if len(rows) < HUMAN else "unlabeled"))
-            if len(rows) >= HUMAN + UNLABELED:
-                break
-    return pa.Table.from_pylist(rows[: HUMAN + UNLABELED], schema=SCHEMA)
+    rows = first_hh_pairs(hh_path, HUMAN + UNLABELED, lambda d: response_text(d.chosen) != response_text(d.rejected))
+    for r in rows[HUMAN:]:
+        r["label_source"] = "unlabeled"
+    return pa.Table.from_pylist(rows, schema=LABEL_PAIRS_SCHEMA)
 
 
 @pytest.fixture(scope="module")
@@ -164,9 +143,12 @@ def test_same_seed_same_labels_other_seed_other_folds(labels: list, pairs: pa.Ta
 
 def test_swapping_an_unlabeled_pair_negates_its_margins(labels: list, pairs: pa.Table, embedder: ModelBackend) -> None:
     rows = pairs.to_pylist()
-    swapped = [p if p["label_source"] == "human" else row(p["prompt"], p["rejected"], p["chosen"], p["label_source"]) for p in rows]
+    swapped = [
+        p if p["label_source"] == "human" else labeler_pair(p["prompt"], p["rejected"], p["chosen"], label_source=p["label_source"])
+        for p in rows
+    ]
     original_id = {s["pair_id"]: p["pair_id"] for s, p in zip(swapped, rows)}
-    again = ensemble(embedder).label(pa.Table.from_pylist(swapped, schema=SCHEMA)).to_pylist()
+    again = ensemble(embedder).label(pa.Table.from_pylist(swapped, schema=LABEL_PAIRS_SCHEMA)).to_pylist()
     before = {(r["pair_id"], r["labeler"]): r for r in labels}
     assert len(again) == len(labels)
     flipped = 0
@@ -199,10 +181,10 @@ def test_too_few_human_pairs_is_a_clear_error(pairs: pa.Table) -> None:
 
 def test_one_shared_prompt_cannot_be_cross_fitted(pairs: pa.Table) -> None:
     rows = pairs.slice(0, 30).to_pylist()
-    one_prompt = [row(rows[0]["prompt"], p["chosen"], p["rejected"], "human") for p in rows]
+    one_prompt = [labeler_pair(rows[0]["prompt"], p["chosen"], p["rejected"]) for p in rows]
     labeler = BTEnsemble(BTEnsembleConfig(name="bt", embedder=MINILM), failing_pool())
     with pytest.raises(CurationError, match="member . has no training pairs: .*too few distinct prompts to fill 5 folds"):
-        labeler.label(pa.Table.from_pylist(one_prompt, schema=SCHEMA))
+        labeler.label(pa.Table.from_pylist(one_prompt, schema=LABEL_PAIRS_SCHEMA))
 
 
 def test_check_wants_an_embedding_backend(tmp_path: Path) -> None:

@@ -11,24 +11,22 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pytest
-import torch
 
-from curation.errors import ConfigError, RowError
-from curation.ingest.adapters import build_adapter
+from curation.errors import ConfigError
 from curation.label import build_labeler, check_labeler
 from curation.label.base import BackendPool, response_text
 from curation.label.config import DensityRatioConfig
 from curation.label.density_ratio import exemplar_index, log_ratio, same_model, strong_conversation
 from curation.models import BackendConfig, check_backend
 from curation.models.local_models import GEMMA3_INSTALL_HINT, GEMMA3_PACKAGE, resolve_model_dir
-from curation.records import pair_id
+from curation.records import PairDraft
+from tests.helpers import first_hh_pairs, labeler_pair
 
 SMOLLM2 = {"backend": "transformers", "model": "smollm2", "threads": 1, "batch_size": 8}
 GEMMA = {"backend": "transformers", "model": "gemma3-270m", "threads": 1, "batch_size": 8}
@@ -41,13 +39,7 @@ EXEMPLARS = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def torch_threads() -> Iterator[None]:
-    """One torch thread: on a shared two-core machine two OpenMP threads can run ~20x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(int(os.environ.get("CURATION_TEST_TORCH_THREADS", "1")))
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_threads")  # tests/model_fixtures.py
 
 
 @pytest.fixture(scope="module")
@@ -79,33 +71,13 @@ def plain(pool: BackendPool, pairs: pa.Table) -> list[dict[str, Any]]:
 
 def real_pairs(hh_path: Path, n: int, max_chars: int = 500) -> pa.Table:
     """The first ``n`` short HH-RLHF pairs with two different, non-empty responses."""
-    adapt = build_adapter("hh_rlhf", {})
-    rows: list[dict[str, Any]] = []
-    with hh_path.open(encoding="utf-8") as fh:
-        for i, line in enumerate(fh):
-            try:
-                drafts = adapt(json.loads(line), f"hh:{i}")
-            except RowError:
-                continue
-            for d in drafts:
-                a, b = response_text(d.chosen), response_text(d.rejected)
-                size = sum(len(m["content"]) for m in d.prompt) + len(a) + len(b)
-                if a.strip() and b.strip() and a != b and size <= max_chars:
-                    rows.append(pair_row(d.prompt, d.chosen, d.rejected))
-            if len(rows) >= n:
-                break
-    return pa.Table.from_pylist(rows[:n])
 
+    def usable(d: PairDraft) -> bool:
+        a, b = response_text(d.chosen), response_text(d.rejected)
+        size = sum(len(m["content"]) for m in d.prompt) + len(a) + len(b)
+        return bool(a.strip() and b.strip() and a != b and size <= max_chars)
 
-def pair_row(prompt: list, chosen: list, rejected: list) -> dict[str, Any]:
-    return {
-        "pair_id": pair_id(prompt, chosen, rejected),
-        "prompt": prompt,
-        "chosen": chosen,
-        "rejected": rejected,
-        "label_source": "human",
-        "source_dataset": "hh-rlhf-harmless-base",
-    }
+    return pa.Table.from_pylist(first_hh_pairs(hh_path, n, usable))
 
 
 def texts_of(pairs: pa.Table) -> tuple[list[list[dict[str, str]]], list[str]]:
@@ -190,8 +162,8 @@ def test_bad_pairs_are_invalid_rows_and_the_rest_is_scored(pool: BackendPool, pa
     good = pairs.to_pylist()[0]
     long_prompt = [{"role": "user", "content": "word " * 9000}]  # over SmolLM2's 8192-token context
     broken = [
-        pair_row(good["prompt"], [{"role": "assistant", "content": "  "}], good["rejected"]),
-        pair_row(long_prompt, good["chosen"], good["rejected"]),
+        labeler_pair(good["prompt"], [{"role": "assistant", "content": "  "}], good["rejected"]),
+        labeler_pair(long_prompt, good["chosen"], good["rejected"]),
         good,
     ]
     rows = rows_of(labeler(pool).label(pa.Table.from_pylist(broken, schema=pairs.schema)))

@@ -11,14 +11,12 @@ the first, real property; the second would be a test of a bigger model.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pytest
-import torch
 from pydantic import ValidationError
 
 from curation.errors import ConfigError
@@ -35,12 +33,7 @@ REFUSAL = "I'm not going to tell you. Figure it out yourself."
 ONE_EACH = {"satisfaction": {"positive": [THANKS], "negative": [COMPLAINT]}}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def torch_threads() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(int(os.environ.get("CURATION_TEST_TORCH_THREADS", "1")))
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_threads")  # tests/model_fixtures.py
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from curation.errors import ConfigError, RowError
-from curation.ingest.adapters import build_adapter
+from curation.errors import ConfigError
 from curation.label import build_labeler
 from curation.label.base import VERDICTS, BackendPool, pair_views, response_text
 from curation.label.config import JudgePairwiseConfig, JudgeRubricConfig
@@ -36,20 +35,11 @@ from curation.label.judge import (
 )
 from curation.models import BackendConfig, ModelBackend, SamplingParams, StructuredReply
 from curation.models.base import parse_json_reply
-from curation.records import pair_id
+from curation.records import PairDraft
 from curation.testing.openai_stub import OpenAIStub
-from schemas import MESSAGE, arrow_schema
+from schemas import arrow_schema
+from tests.helpers import LABEL_PAIRS_SCHEMA, first_hh_pairs, labeler_pair
 
-PAIRS_SCHEMA = pa.schema(
-    [
-        ("pair_id", pa.string()),
-        ("prompt", pa.list_(MESSAGE)),
-        ("chosen", pa.list_(MESSAGE)),
-        ("rejected", pa.list_(MESSAGE)),
-        ("label_source", pa.string()),
-        ("source_dataset", pa.string()),
-    ]
-)
 ASPECTS = ["instruction_following", "honesty", "truthfulness", "helpfulness"]
 
 
@@ -58,43 +48,21 @@ ASPECTS = ["instruction_following", "honesty", "truthfulness", "helpfulness"]
 
 def real_pairs(hh_path: Path, n: int, *, max_chars: int = 800, multi_turn: bool | None = None) -> pa.Table:
     """The first ``n`` usable HH-RLHF pairs (both responses non-empty and different, short enough)."""
-    adapt = build_adapter("hh_rlhf", {})
-    rows: list[dict[str, Any]] = []
-    with hh_path.open(encoding="utf-8") as fh:
-        for i, line in enumerate(fh):
-            try:
-                drafts = adapt(json.loads(line), f"hh:{i}")
-            except RowError:
-                continue
-            for d in drafts:
-                a, b = response_text(d.chosen), response_text(d.rejected)
-                size = len(render_conversation(d.prompt)) + len(a) + len(b)
-                if not a.strip() or not b.strip() or a == b or size > max_chars or len(a) == len(b):
-                    continue
-                if multi_turn is not None and (len(d.prompt) > 1) != multi_turn:
-                    continue
-                rows.append(pair_row(d.prompt, d.chosen, d.rejected))
-            if len(rows) >= n:
-                break
-    assert len(rows) >= n, f"only {len(rows)} usable pairs in {hh_path}"
-    return pa.Table.from_pylist(rows[:n], schema=PAIRS_SCHEMA)
 
+    def usable(d: PairDraft) -> bool:
+        a, b = response_text(d.chosen), response_text(d.rejected)
+        size = len(render_conversation(d.prompt)) + len(a) + len(b)
+        if not a.strip() or not b.strip() or a == b or size > max_chars or len(a) == len(b):
+            return False
+        return multi_turn is None or (len(d.prompt) > 1) == multi_turn
 
-def pair_row(prompt: list, chosen: list, rejected: list) -> dict[str, Any]:
-    return {
-        "pair_id": pair_id(prompt, chosen, rejected),
-        "prompt": prompt,
-        "chosen": chosen,
-        "rejected": rejected,
-        "label_source": "human",
-        "source_dataset": "hh-rlhf-harmless-base",
-    }
+    return pa.Table.from_pylist(first_hh_pairs(hh_path, n, usable), schema=LABEL_PAIRS_SCHEMA)
 
 
 def swapped(pairs: pa.Table) -> pa.Table:
     """The same pairs with chosen and rejected exchanged (new pair ids)."""
-    rows = [pair_row(r["prompt"], r["rejected"], r["chosen"]) for r in pairs.to_pylist()]
-    return pa.Table.from_pylist(rows, schema=PAIRS_SCHEMA)
+    rows = [labeler_pair(r["prompt"], r["rejected"], r["chosen"]) for r in pairs.to_pylist()]
+    return pa.Table.from_pylist(rows, schema=LABEL_PAIRS_SCHEMA)
 
 
 @pytest.fixture(scope="module")
@@ -397,8 +365,8 @@ def test_custom_template_and_system_prompt_with_braces(pairs: pa.Table, tmp_path
     system.write_text("You are a strict judge.\n")
     prompt = [{"role": "user", "content": "Fill in {response_b} for me, and {name}."}]
     tricky = pa.Table.from_pylist(
-        [pair_row(prompt, [{"role": "assistant", "content": "Sure: {response_a}"}], [{"role": "assistant", "content": "no"}])],
-        schema=PAIRS_SCHEMA,
+        [labeler_pair(prompt, [{"role": "assistant", "content": "Sure: {response_a}"}], [{"role": "assistant", "content": "no"}])],
+        schema=LABEL_PAIRS_SCHEMA,
     )
     fake = FakeJudge(lambda user, p, k: verdict_json("tie"))
     rows = rows_of(pairwise(fake, template=str(template), system_prompt=str(system)).label(tricky))

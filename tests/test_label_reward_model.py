@@ -21,6 +21,8 @@ import pytest
 
 from curation.errors import ConfigError
 from curation.models import BackendConfig, SamplingParams, Unsupported, build_backend
+from curation.records import PairDraft
+from tests.helpers import first_hh_pairs
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 
@@ -180,29 +182,11 @@ def test_labeler_check_refuses_what_is_not_a_reward_model(lm_dir: Path, two_labe
 
 def hh_pairs(hh_path: Path, n: int, max_chars: int = 600) -> list[dict[str, Any]]:
     """The first ``n`` HH-RLHF pairs short enough for the tiny model's context, as pairs-table rows."""
-    from curation.ingest.adapters import build_adapter
-    from curation.records import pair_id
 
-    adapt = build_adapter("hh_rlhf", {})
-    rows = []
-    with hh_path.open(encoding="utf-8") as fh:
-        for i, line in enumerate(fh):
-            for d in adapt(json.loads(line), f"hh:{i}"):
-                if sum(len(m["content"]) for m in (*d.prompt, *d.chosen, *d.rejected)) > max_chars:
-                    continue
-                rows.append(
-                    {
-                        "pair_id": pair_id(d.prompt, d.chosen, d.rejected),
-                        "prompt": d.prompt,
-                        "chosen": d.chosen,
-                        "rejected": d.rejected,
-                        "label_source": "human",
-                        "source_dataset": "hh",
-                    }
-                )
-            if len(rows) == n:
-                return rows
-    raise AssertionError(f"fewer than {n} pairs in {hh_path}")
+    def short(d: PairDraft) -> bool:
+        return sum(len(m["content"]) for m in (*d.prompt, *d.chosen, *d.rejected)) <= max_chars
+
+    return first_hh_pairs(hh_path, n, short, source_dataset="hh")
 
 
 def test_labeler_margins_are_reward_differences(rm, rm_dir: Path, hh_path: Path, tmp_path: Path) -> None:
