@@ -47,13 +47,10 @@ import pyarrow as pa
 from curation.errors import ConfigError
 from curation.label.base import Labeler, PairView, pair_views
 from curation.label.config import DensityRatioConfig
-from curation.label.logprobs import GroupScores, ScoreRequest, check_scoring_backend, score_groups
+from curation.label.logprobs import SLOTS, GroupScores, ScoreRequest, check_scoring_backend, score_groups
 from curation.models.base import Conversation, with_system
 from curation.models.config import BackendConfig
 from curation.models.local_models import shipped_model
-
-SLOTS = (("a", "chosen response"), ("b", "rejected response"))
-
 
 # --------------------------------------------------------------------------- pure core
 

@@ -39,7 +39,7 @@ import pyarrow as pa
 from curation.errors import ConfigError
 from curation.label.base import Labeler, PairView, pair_views
 from curation.label.config import FollowUpConfig, FollowUpLists
-from curation.label.logprobs import GroupScores, ScoreRequest, check_scoring_backend, mean, score_groups
+from curation.label.logprobs import SLOTS, GroupScores, ScoreRequest, check_scoring_backend, mean, score_groups
 from curation.models.base import Conversation
 
 DEFAULT_FOLLOW_UPS: dict[str, dict[str, list[str]]] = {
@@ -68,9 +68,6 @@ DEFAULT_FOLLOW_UPS: dict[str, dict[str, list[str]]] = {
         "negative": ["You ignored my instructions.", "That's not what I told you to do.", "You didn't do what I asked."],
     },
 }
-
-SLOTS = (("a", "chosen response"), ("b", "rejected response"))
-
 
 # --------------------------------------------------------------------------- pure core
 

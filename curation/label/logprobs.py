@@ -25,6 +25,7 @@ from curation.models.base import Conversation, ModelBackend, Unsupported
 from curation.models.config import BackendConfig
 
 SCORING_BACKENDS = ("transformers", "vllm", "openai")
+SLOTS = (("a", "chosen response"), ("b", "rejected response"))  # a pair's two scored texts, in label-row order
 
 
 @dataclass(frozen=True)
