@@ -18,6 +18,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -105,6 +106,12 @@ class Labeler(ABC):
     def config_dict(self) -> dict[str, Any]:
         return self.cfg.model_dump(mode="json", by_alias=True)
 
+    @cached_property
+    def _provenance(self) -> tuple[str, str, list[str]]:
+        """(config JSON, config hash, model ids): the same on every row, so computed once."""
+        config = self.config_dict()
+        return json.dumps(config, sort_keys=True), config_hash(config), self.models()
+
     @abstractmethod
     def label(self, pairs: pa.Table) -> pa.Table:
         """Labels rows (``schemas/labels.yaml``) for ``pairs`` (columns ``PAIR_COLUMNS``)."""
@@ -133,7 +140,7 @@ class Labeler(ABC):
             raise ValueError(f"verdict must be one of {VERDICTS}, got {verdict!r}")
         if verdict == "invalid" and error is None:
             error = "no score"
-        config = self.config_dict()
+        config_json, hashed, models = self._provenance
         return {
             "pair_id": pair_id,
             "labeler": labeler or self.name,
@@ -148,9 +155,9 @@ class Labeler(ABC):
             "details": json.dumps(details, ensure_ascii=False, default=float) if details else None,
             "raw": json.dumps(raw, ensure_ascii=False) if raw is not None else None,
             "error": error,
-            "models": self.models(),
-            "config": json.dumps(config, sort_keys=True),
-            "config_hash": config_hash(config),
+            "models": models,
+            "config": config_json,
+            "config_hash": hashed,
         }
 
     @staticmethod
