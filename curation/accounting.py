@@ -15,7 +15,7 @@ from curation.errors import CurationError
 from curation.tables import count_rows
 
 
-def funnel(ingested, validated, deduped, generated=None, labelled=None) -> dict[str, Any]:
+def funnel(ingested, validated, deduped, generated=None, labelled=None, filtered=None) -> dict[str, Any]:
     """The run's funnel as plain numbers, grouped by stage and by reason."""
     ic = ingested.counts
     quarantined_read: dict[str, int] = {}
@@ -40,6 +40,7 @@ def funnel(ingested, validated, deduped, generated=None, labelled=None) -> dict[
         "sources": ic["sources"],
         **({"generated": generated_funnel(generated)} if generated is not None else {}),
         **({"labels": dict(labelled.counts)} if labelled is not None else {}),
+        **({"filter": dict(filtered.counts)} if filtered is not None else {}),
     }
 
 
@@ -49,7 +50,7 @@ def generated_funnel(generated) -> dict[str, Any]:
     return dict(generated.counts)
 
 
-def check(f: dict[str, Any], ingested, validated, deduped, generated=None) -> None:
+def check(f: dict[str, Any], ingested, validated, deduped, generated=None, filtered=None) -> None:
     """Raise CurationError if any row is unaccounted for."""
     problems = []
     for name, c in f["sources"].items():
@@ -79,6 +80,14 @@ def check(f: dict[str, Any], ingested, validated, deduped, generated=None) -> No
             "generated pairs": (count_rows(generated.files["pairs"]), g["pairs_kept"]),
             "generate decisions": (count_rows(generated.files["decisions"]), g["pairs_considered"]),
         }
+    if filtered is not None:
+        fc = f["filter"]
+        entering = f["kept"] + (f["generated"]["pairs_kept"] if generated is not None else 0)
+        if fc["pairs_in"] != entering:
+            problems.append(f"filter: {fc['pairs_in']} pairs in, but {entering} were kept and generated")
+        if fc["pairs_in"] != fc["pairs_out"] + fc["filtered"]:
+            problems.append(f"filter: {fc['pairs_in']} pairs in != {fc['pairs_out']} out + {fc['filtered']} filtered")
+        on_disk["filtered pairs"] = (count_rows(filtered.files["pairs"]), fc["pairs_out"])
     for what, (found, expected) in on_disk.items():
         if found != expected:
             problems.append(f"{what}: {found} rows staged, {expected} counted")

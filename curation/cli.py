@@ -30,6 +30,12 @@ app = typer.Typer(
 )
 datasets_app = typer.Typer(help="List, inspect and compare published datasets and their versions.", no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
+route_app = typer.Typer(
+    help="Hybrid human-AI labeling: export the pairs the route step sent to people as annotation tasks, "
+    "and import completed labels back (merged as a new dataset version).",
+    no_args_is_help=True,
+)
+app.add_typer(route_app, name="route")
 
 # Pipes and CI logs get a wide console, so tables and the accounting line are not cut.
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -145,6 +151,15 @@ def print_funnel(result: dict) -> None:
         console.print(t)
     if "labels" in f:
         print_labels(f["labels"])
+    if "filter" in f:
+        from curation.report_filters import STEP_HEADER, step_rows
+
+        fc = f["filter"]
+        console.print(_text_table("Filters (in order)", STEP_HEADER, step_rows(fc)))
+        console.print(
+            f"Filter accounting: {fc['pairs_in']:,} pairs in = {fc['filtered']:,} filtered + {fc['pairs_out']:,} published"
+            f" ({fc['flipped']:,} flipped, {fc['routed']:,} routed to people)"
+        )
     ok = (
         f["rows_in"] == f["rows_quarantined"] + f["rows_filtered"] + f["rows_with_pairs"]
         and f["pairs_out"] == f["pairs_quarantined"] + f["pairs_filtered"] + f["kept"]
@@ -431,6 +446,76 @@ def export(
         console.print(f"Skipped {result.skipped_unlabeled:,} unlabeled (generated) pairs: label them before training on them.")
     for f in result.files:
         console.print(f"  {f}")
+
+
+@route_app.command("export")
+@friendly
+def route_export(
+    ref: str = typer.Argument(..., help="NAME or NAME@VERSION whose routed pairs to export."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder for the task files."),
+    formats: str = typer.Option(
+        "label_studio,argilla,parquet,csv", "--format", help="Comma-separated: label_studio, argilla, parquet, csv."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seeds which response each task shows as A (position bias)."),
+    data_root: str | None = DataRoot,
+) -> None:
+    """Write the routed pairs as annotation tasks (Label Studio, Argilla, Parquet/CSV queue).
+
+    Which response is shown as A is drawn per pair; the tasks record it, so the completed file
+    maps back to the pair. Then: curate route import NAME COMPLETED_FILE.
+    """
+    from curation.route.queue import FORMATS, export_queue
+    from curation.store import DatasetStore
+
+    name, version = parse_ref(ref)
+    store = DatasetStore(_root(data_root))
+    info = store.version(name, version)
+    if "routing" not in info.tables:
+        raise CurationError(f"{info.ref} has no routing table: its recipe has no route step in its filter section")
+    routed = store.read(name, "routing", version=info.version, columns=["pair_id", "routed"])
+    ids = [pid for pid, r in zip(routed["pair_id"].to_pylist(), routed["routed"].to_pylist()) if r]
+    wanted = [f.strip() for f in formats.split(",") if f.strip()]
+    unknown = sorted(set(wanted) - set(FORMATS))
+    if unknown:
+        raise CurationError(f"unknown --format {', '.join(unknown)}; known: {', '.join(FORMATS)}")
+    import polars as pl
+
+    pairs = pl.from_arrow(
+        store.read(name, "pairs", version=info.version, columns=["pair_id", "prompt", "chosen", "rejected", "source_dataset"])
+    )
+    queue = pairs.filter(pl.col("pair_id").is_in(ids))
+    written = export_queue(queue, out, wanted, seed)
+    console.print(f"{queue.height:,} routed pairs of {info.ref} ({len(ids) - queue.height:,} no longer in the pairs table):")
+    for kind, path in written.items():
+        console.print(f"  {kind}: {path}")
+    console.print(f"Then: curate route import {name} COMPLETED_FILE")
+
+
+@route_app.command("import")
+@friendly
+def route_import(
+    name: str = typer.Argument(..., help="Dataset the labels belong to."),
+    files: list[Path] = typer.Argument(..., help="Completed labels: Label Studio JSON export, Argilla records, or CSV/Parquet/JSONL."),
+    data_root: str | None = DataRoot,
+) -> None:
+    """Merge completed human labels into a new version (no model reruns).
+
+    Each pair takes its annotators' majority: agree -> label_source human; prefer the other
+    response -> chosen and rejected swapped (new pair id); tie -> dropped. The files are kept in
+    the dataset's inbox, so later runs of the recipe merge them too. Importing the same file
+    again changes nothing.
+    """
+    from curation.route.inbox import import_labels
+
+    result = import_labels(_root(data_root), name, [str(f) for f in files])
+    if result["unchanged"]:
+        console.print(f"{name}@{result['version']} already has these labels: nothing to do.")
+        return
+    console.print(
+        f"{name}@{result['version']}: {result['answers']:,} answers on {result['pairs_labelled']:,} pairs -> "
+        f"{result['kept']:,} confirmed, {result['flipped']:,} flipped, {result['filtered']:,} dropped as ties"
+        f" ({result['already_applied']:,} already applied, {result['unknown_pairs']:,} unknown pairs)"
+    )
 
 
 @app.command()

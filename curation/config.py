@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from curation.errors import ConfigError
+from curation.filter.config import FilterConfig
 from curation.generate.config import GenerateConfig
 from curation.label.config import PROMPT_FILE_SUFFIXES, LabelConfig
 
@@ -87,6 +88,7 @@ class RunConfig(Strict):
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     generate: GenerateConfig | None = Field(default=None, description="generate candidates for the kept prompts (optional)")
     label: LabelConfig | None = Field(default=None, description="label the kept and generated pairs with AI labelers (optional)")
+    filter: FilterConfig | None = Field(default=None, description="noise filters and human routing over the labelled pairs (optional)")
     data_root: str = Field(default="data", description="where datasets, runs and caches live (relative to the working directory)")
     batch_size: int = Field(default=5_000, ge=1)
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
@@ -111,6 +113,10 @@ class RunConfig(Strict):
         else:
             d["generate"].pop("cache_path", None)
             d["generate"].pop("chunk_size", None)
+        if d.get("filter") is None:
+            d.pop("filter", None)
+        for step in (d.get("filter") or {}).get("steps", []):
+            step.pop("batch_size", None)
         if d.get("label") is None:
             d.pop("label", None)
         else:

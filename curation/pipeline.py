@@ -18,6 +18,7 @@ from typing import Any
 
 from curation import __version__, accounting, stages
 from curation.config import RunConfig
+from curation.filter import stage as filtering
 from curation.generate import stage as generation
 from curation.ingest.readers import open_source
 from curation.label import stage as labeling
@@ -65,6 +66,10 @@ def input_fingerprints(cfg: RunConfig) -> list[dict]:
     for src in cfg.sources:
         for reader in open_source(src, max_row_bytes=limits.max_row_bytes, raw_limit_bytes=limits.raw_limit_bytes):
             fps.append({"source": src.name, **reader.fingerprint()})
+    if cfg.filter is not None:  # completed human labels merged by the filter stage are inputs too
+        from curation.route.inbox import fingerprints
+
+        fps += fingerprints(cfg.data_root, cfg.publish.dataset)
     return fps
 
 
@@ -93,10 +98,11 @@ def publish(
     deduped: StageOutput,
     generated: StageOutput | None = None,
     labelled: StageOutput | None = None,
+    filtered: StageOutput | None = None,
 ) -> tuple[VersionInfo, dict]:
     """Check the row accounting on the staged files, then commit one new version."""
-    funnel = accounting.funnel(ingested, validated, deduped, generated, labelled)
-    accounting.check(funnel, ingested, validated, deduped, generated)
+    funnel = accounting.funnel(ingested, validated, deduped, generated, labelled, filtered)
+    accounting.check(funnel, ingested, validated, deduped, generated, filtered)
     store = DatasetStore(cfg.data_root)
     tables: dict[str, Any] = {
         "pairs": [deduped.files["pairs"]],
@@ -110,23 +116,36 @@ def publish(
     if labelled is not None:
         tables["labels"] = labelled.files["labels"]
         tables["agreement"] = labelled.files["agreement"]
+    if filtered is not None:
+        tables["pairs"] = [filtered.files["pairs"]]
+        tables["decisions"].append(filtered.files["decisions"])
+        for name in ("routing", "human_labels"):
+            if name in filtered.files:
+                tables[name] = filtered.files[name]
     info = store.publish(
         cfg.publish.dataset,
         tables,
         config=cfg.content_dict(),
         config_hash=cfg.config_hash(),
         code_version=code_version(),
-        inputs=ingested.inputs,
+        inputs=ingested.inputs + (inbox_fingerprints(cfg) if filtered is not None else []),
         counts=funnel,
         run_id=run_dir.name,
     )
     return info, funnel
 
 
+def inbox_fingerprints(cfg: RunConfig) -> list[dict]:
+    from curation.route.inbox import fingerprints
+
+    return fingerprints(cfg.data_root, cfg.publish.dataset)
+
+
 def check_models(cfg: RunConfig) -> None:
     """Unknown backend, missing model, unreachable server, bad labeler config: before any work."""
     generation.check(cfg)
     labeling.check(cfg)
+    filtering.check(cfg)
 
 
 def pairs_to_label(deduped: StageOutput, generated: StageOutput | None) -> list[str]:
@@ -150,11 +169,16 @@ def curate(cfg: RunConfig, *, progress: Progress | None = None, force: bool = Fa
     deduped = stages.dedup(cfg, run_dir, validated, progress)
     generated = generation.generate(cfg, run_dir, deduped.files["pairs"], progress) if cfg.generate else None
     labelled = labeling.label(cfg, run_dir, pairs_to_label(deduped, generated), progress) if cfg.label else None
-    for out in (ingested, validated, deduped, generated, labelled):
+    filtered = (
+        filtering.filter_pairs(cfg, run_dir, pairs_to_label(deduped, generated), labelled.files["labels"] if labelled else None, progress)
+        if cfg.filter
+        else None
+    )
+    for out in (ingested, validated, deduped, generated, labelled, filtered):
         if out is not None:
             timings[out.stage] = out.seconds
     t0 = time.perf_counter()
-    info, funnel = publish(cfg, run_dir, ingested, validated, deduped, generated, labelled)
+    info, funnel = publish(cfg, run_dir, ingested, validated, deduped, generated, labelled, filtered)
     timings["publish"] = time.perf_counter() - t0
     return finish_run(cfg, run_dir, info, funnel, timings, keep_staging=keep_staging)
 
@@ -164,26 +188,33 @@ def finish_run(
 ) -> RunResult:
     """Write the run summary and report next to the version; drop the staged copies."""
     out = report_dir(cfg, info.version)
-    summary = {
-        "dataset": info.dataset,
-        "version": info.version,
-        "created_at": info.created_at,
-        "config_hash": info.config_hash,
-        "code_version": info.code_version,
-        "parents": info.parents,
-        "run_id": run_dir.name,
-        "funnel": funnel,
-        "timings_s": {k: round(v, 3) for k, v in timings.items()},
-        "tables": info.tables,
-        "inputs": info.inputs,
-        "data_root": str(Path(cfg.data_root).resolve()),
-    }
+    summary = version_summary(info, cfg.data_root, run_dir.name, funnel, timings)
     write_report(summary, out)
     shutil.copy2(out / "summary.json", run_dir / "summary.json")
     if not keep_staging:
         for staged in run_dir.glob("*.parquet"):
             staged.unlink()
     return RunResult(info.dataset, info.version, False, funnel, timings, str(run_dir), str(out), summary)
+
+
+def version_summary(
+    info: VersionInfo, data_root: str | Path, run_id: str | None, funnel: dict, timings: dict[str, float]
+) -> dict[str, Any]:
+    """What the run report and ``summary.json`` say about a published version."""
+    return {
+        "dataset": info.dataset,
+        "version": info.version,
+        "created_at": info.created_at,
+        "config_hash": info.config_hash,
+        "code_version": info.code_version,
+        "parents": info.parents,
+        "run_id": run_id,
+        "funnel": funnel,
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "tables": info.tables,
+        "inputs": info.inputs,
+        "data_root": str(Path(data_root).resolve()),
+    }
 
 
 def unchanged_result(cfg: RunConfig, info: VersionInfo) -> RunResult:

@@ -15,23 +15,42 @@ from typing import Any
 
 def funnel_steps(f: dict[str, Any]) -> list[tuple[str, int]]:
     """The funnel as ordered (label, count) steps, shared by the plot, the HTML and the CLI."""
-    return [
-        ("rows in", f["rows_in"]),
-        ("quarantined at read/adapt", -f["rows_quarantined"]),
-        ("filtered at adapt", -f["rows_filtered"]),
-        ("pairs produced", f["pairs_out"]),
-        ("quarantined at validate", -f["pairs_quarantined"]),
-        ("filtered (dedup)", -f["pairs_filtered"]),
-        ("kept", f["kept"]),
-    ] + (
+    return (
         [
-            ("generated pairs considered", f["generated"]["pairs_considered"]),
-            ("filtered (generate)", -sum(f["generated"]["filtered"].values())),
-            ("generated pairs kept (unlabeled)", f["generated"]["pairs_kept"]),
+            ("rows in", f["rows_in"]),
+            ("quarantined at read/adapt", -f["rows_quarantined"]),
+            ("filtered at adapt", -f["rows_filtered"]),
+            ("pairs produced", f["pairs_out"]),
+            ("quarantined at validate", -f["pairs_quarantined"]),
+            ("filtered (dedup)", -f["pairs_filtered"]),
+            ("kept", f["kept"]),
         ]
-        if "generated" in f
-        else []
+        + (
+            [
+                ("generated pairs considered", f["generated"]["pairs_considered"]),
+                ("filtered (generate)", -sum(f["generated"]["filtered"].values())),
+                ("generated pairs kept (unlabeled)", f["generated"]["pairs_kept"]),
+            ]
+            if "generated" in f
+            else []
+        )
+        + (filter_steps(f["filter"]) if "filter" in f else [])
     )
+
+
+def filter_steps(fc: dict[str, Any]) -> list[tuple[str, int]]:
+    """The filter stage's part of the funnel: each step's removals, then what is published."""
+    steps = [("pairs into the filters", fc["pairs_in"])]
+    for stage, s in fc["steps"].items():
+        if not isinstance(s, dict):
+            continue
+        if s.get("filtered"):
+            steps.append((f"filtered ({stage})", -s["filtered"]))
+    human = fc.get("human_labels", {})
+    if human.get("filtered"):
+        steps.append(("filtered (human ties)", -human["filtered"]))
+    steps.append(("published pairs", fc["pairs_out"]))
+    return steps
 
 
 def reason_rows(f: dict[str, Any]) -> list[tuple[str, str, str, int]]:
@@ -43,6 +62,11 @@ def reason_rows(f: dict[str, Any]) -> list[tuple[str, str, str, int]]:
         rows += [("filtered", stage, reason, n) for reason, n in reasons.items()]
     if "generated" in f:
         rows += [("filtered", "generate", reason, n) for reason, n in f["generated"]["filtered"].items()]
+    for stage, reasons in f.get("filter", {}).get("filtered_by_reason", {}).items():
+        rows += [("filtered", stage, reason, n) for reason, n in reasons.items()]
+    for stage, s in f.get("filter", {}).get("steps", {}).items():
+        if isinstance(s, dict):
+            rows += [(outcome, stage, "", s[outcome]) for outcome in ("flipped", "routed") if s.get(outcome)]
     return sorted(rows, key=lambda r: -r[3])
 
 
@@ -206,6 +230,8 @@ def _labels_html(f: dict[str, Any]) -> str:
 
 
 def render_html(summary: dict[str, Any], png: bytes) -> str:
+    from curation.report_filters import filter_html
+
     f = summary["funnel"]
     img = base64.b64encode(png).decode()
     steps = _table(["step", "count"], [[k, f"{abs(v):,}"] for k, v in funnel_steps(f)])
@@ -236,18 +262,24 @@ th{{background:#f2f2f2}}code{{background:#f6f6f6;padding:0 .2rem}}</style></head
 <p>Created {html.escape(str(summary.get("created_at", "")))} &middot; config <code>{html.escape(summary.get("config_hash", ""))}</code>
 &middot; code <code>{html.escape(summary.get("code_version", ""))}</code> &middot; run <code>{html.escape(summary.get("run_id", ""))}</code>
 &middot; parents: {html.escape(", ".join(summary.get("parents") or []) or "none")}</p>
-<p><b>{f["rows_in"]:,}</b> rows in, <b>{f["kept"]:,}</b> pairs kept.
+<p><b>{f["rows_in"]:,}</b> rows in, <b>{f["kept"]:,}</b> pairs kept{published_note(f)}.
 Query it: <code>curate sql "SELECT * FROM {html.escape(summary["dataset"])}.pairs LIMIT 5"</code></p>
 <h2>Funnel</h2><img alt="funnel" src="data:image/png;base64,{img}">
 {steps}
 <h2>Filtered and quarantined, by reason</h2>{reasons_html}
 {_generation_html(f)}
 {_labels_html(f)}
+{filter_html(f)}
 <h2>Sources</h2>{sources}
 <h2>Stage timings</h2>{timings}
 <h2>Inputs</h2>{inputs}
 </body></html>
 """
+
+
+def published_note(f: dict[str, Any]) -> str:
+    fc = f.get("filter")
+    return f", <b>{fc['pairs_out']:,}</b> published after the filters" if fc else ""
 
 
 def write_report(summary: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:

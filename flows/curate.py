@@ -17,6 +17,7 @@ from prefect.cache_policies import NO_CACHE
 
 from curation import pipeline, stages
 from curation.config import RunConfig, load_config
+from curation.filter import stage as filtering
 from curation.generate import stage as generation
 from curation.label import stage as labeling
 from curation.progress import Progress
@@ -82,6 +83,14 @@ def label_task(cfg: RunConfig, run_dir: str, deduped: StageOutput, generated: St
     return labeling.label(cfg, run_dir, pipeline.pairs_to_label(deduped, generated), _progress_for_task())
 
 
+@task(name="filter", cache_policy=NO_CACHE)
+def filter_task(
+    cfg: RunConfig, run_dir: str, deduped: StageOutput, generated: StageOutput | None, labelled: StageOutput | None
+) -> StageOutput:
+    labels = labelled.files["labels"] if labelled is not None else None
+    return filtering.filter_pairs(cfg, run_dir, pipeline.pairs_to_label(deduped, generated), labels, _progress_for_task())
+
+
 @task(name="publish", cache_policy=NO_CACHE)
 def publish_task(
     cfg: RunConfig,
@@ -91,10 +100,11 @@ def publish_task(
     deduped: StageOutput,
     generated: StageOutput | None = None,
     labelled: StageOutput | None = None,
+    filtered: StageOutput | None = None,
 ):
     from pathlib import Path
 
-    return pipeline.publish(cfg, Path(run_dir), ingested, validated, deduped, generated, labelled)
+    return pipeline.publish(cfg, Path(run_dir), ingested, validated, deduped, generated, labelled, filtered)
 
 
 def funnel_markdown(result: pipeline.RunResult) -> str:
@@ -124,9 +134,10 @@ def curate_flow(recipe: str, data_root: str | None = None, force: bool = False, 
     deduped = dedup_task(cfg, run_dir, validated)
     generated = generate_task(cfg, run_dir, deduped) if cfg.generate else None
     labelled = label_task(cfg, run_dir, deduped, generated) if cfg.label else None
+    filtered = filter_task(cfg, run_dir, deduped, generated, labelled) if cfg.filter else None
     t0 = time.perf_counter()
-    info, funnel = publish_task(cfg, run_dir, ingested, validated, deduped, generated, labelled)
-    timings = {o.stage: o.seconds for o in (ingested, validated, deduped, generated, labelled) if o is not None}
+    info, funnel = publish_task(cfg, run_dir, ingested, validated, deduped, generated, labelled, filtered)
+    timings = {o.stage: o.seconds for o in (ingested, validated, deduped, generated, labelled, filtered) if o is not None}
     timings["publish"] = time.perf_counter() - t0
     from pathlib import Path
 

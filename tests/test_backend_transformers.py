@@ -127,18 +127,32 @@ def test_score_logprobs_match_full_forward(lm: TransformersBackend) -> None:
     np.testing.assert_allclose(lm.score_logprobs([FRANCE], [RESPONSES[1]])[0], expected, atol=1e-4)
 
 
-def test_hidden_states_pool_response_tokens(lm: TransformersBackend) -> None:
-    pooled = lm.hidden_states([FRANCE, FRANCE, FRANCE], RESPONSES[:3])
-    for response, h in zip(RESPONSES, pooled):
+def test_hidden_states_pool_the_positions_that_predict_the_response(lm: TransformersBackend) -> None:
+    """CHES sums the states that predict the response's tokens: from the last prompt token to
+    the second-to-last response token (princeton-nlp/unintentional-unalignment ches/ches.py)."""
+    convs = [FRANCE, HAIKU, HELLO]
+    pooled = lm.hidden_states(convs, RESPONSES[:3])  # one batch of three different lengths
+    for conv, response, h in zip(convs, RESPONSES, pooled):
+        prompt, ids = lm.prompt_ids(conv), lm.response_ids(response)
         assert h.sum.shape == h.mean.shape == (576,)
         assert h.sum.dtype == h.mean.dtype == np.float32
-        assert h.n_tokens == len(lm.response_ids(response))
+        assert h.n_tokens == len(ids)
         np.testing.assert_allclose(h.mean, h.sum / h.n_tokens, rtol=1e-5, atol=1e-6)
+        with torch.inference_mode():
+            last = lm.lm(input_ids=torch.tensor([prompt + ids]), output_hidden_states=True).hidden_states[-1][0].double()
+        expected = last[len(prompt) - 1 : len(prompt) + len(ids) - 1].sum(dim=0).numpy()
+        np.testing.assert_allclose(h.sum, expected, rtol=1e-4, atol=2e-3)
+        own = last[len(prompt) :].sum(dim=0).numpy()  # the response's own positions: not what CHES sums
+        assert np.abs(h.sum - own).max() > 1.0
 
-    prompt, response = lm.prompt_ids(FRANCE), lm.response_ids(RESPONSES[1])
+    # The pooled state of a one-token response is the state that predicts it: through the LM head
+    # it gives the token's teacher-forced log-prob.
+    (token,) = lm.response_ids(RESPONSES[0])
     with torch.inference_mode():
-        last = lm.lm(input_ids=torch.tensor([prompt + response]), output_hidden_states=True).hidden_states[-1][0]
-    np.testing.assert_allclose(pooled[1].sum, last[len(prompt) :].sum(dim=0).numpy(), atol=1e-3)
+        logits = lm.lm.lm_head(torch.from_numpy(pooled[0].sum).unsqueeze(0)).float()
+    np.testing.assert_allclose(
+        torch.log_softmax(logits, dim=-1)[0, token].item(), lm.score_logprobs([FRANCE], [RESPONSES[0]])[0][0], atol=1e-3
+    )
 
     empty = lm.hidden_states([FRANCE], [""])[0]
     assert empty.n_tokens == 0 and not empty.sum.any() and np.isnan(empty.mean).all()

@@ -143,6 +143,8 @@ def test_prompts_from_pairs_are_distinct_user_ended_and_limited(tmp_path: Path):
             "source_row": list(range(len(convs))),
             "source_pair_index": [0] * len(convs),
             "metadata": [None] * len(convs),
+            "preference_strength": [None] * len(convs),
+            "preference_strength_std": [None] * len(convs),
         },
         schema=schema,
     )

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter, defaultdict
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,26 +24,12 @@ from curation.label.base import BackendPool, response_text
 from curation.label.bt_ensemble import BTEnsemble, features, fit_bt, fold_of
 from curation.label.config import BTEnsembleConfig
 from curation.models import BackendConfig, ModelBackend, build_backend
+from curation.models.memo import MemoEmbedder
 from tests.helpers import LABEL_PAIRS_SCHEMA, first_hh_pairs, labeler_pair
 
 HUMAN, UNLABELED, K = 300, 20, 5
 HELD_OUT = K - math.ceil(K / 2)  # members that label each human pair
 MINILM = BackendConfig(backend="sentence_transformers", model="all-MiniLM-L6-v2", threads=1, batch_size=64)
-
-
-class MemoEmbedder(ModelBackend):
-    """The real embedder, each distinct text embedded once for the whole module."""
-
-    name = "sentence_transformers"
-
-    def __init__(self, real: ModelBackend):
-        self.real, self.model, self.vectors = real, real.model, {}
-
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        missing = [t for t in dict.fromkeys(texts) if t not in self.vectors]
-        if missing:
-            self.vectors.update(zip(missing, self.real.embed(missing)))
-        return np.stack([self.vectors[t] for t in texts])
 
 
 @pytest.fixture(scope="module")

@@ -94,7 +94,15 @@ class GenerationResult:
 
 @dataclass
 class PooledHidden:
-    """Last-layer hidden states of the response tokens, pooled two ways (CHES needs both)."""
+    """Last-layer hidden states at the positions that predict a response's tokens, pooled two
+    ways (CHES needs both: raw CHES the sum, length-normalised CHES the mean).
+
+    The positions run from the last prompt token to the second-to-last response token: the
+    hidden state at position t produces the logits of token t + 1, so these are the states
+    whose log-probs a preference loss pushes on (CHES's premise), as in the canonical CHES code.
+    ``n_tokens`` is the response's token count, which is also the number of summed positions;
+    ``mean = sum / n_tokens``. An empty response: ``n_tokens == 0``, zero sum, NaN mean.
+    """
 
     sum: np.ndarray
     mean: np.ndarray
@@ -163,7 +171,9 @@ class ModelBackend:
         return [[sum(flat[i * k + j]) for j in range(k)] for i in range(len(conversations))]
 
     def hidden_states(self, conversations: Sequence[Conversation], responses: Sequence[str]) -> list[PooledHidden]:
-        """Last-layer hidden states of each response's tokens, summed and mean-pooled."""
+        """Last-layer hidden states at the positions that predict each response's tokens (the
+        prompt's last token up to the response's second-to-last), summed and mean-pooled: CHES's
+        definition (see ``PooledHidden``)."""
         raise self._unsupported("hidden states")
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:

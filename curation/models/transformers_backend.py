@@ -386,10 +386,23 @@ class TransformersBackend(ModelBackend):
         return out
 
     def hidden_states(self, conversations: Sequence[Conversation], responses: Sequence[str]) -> list[PooledHidden]:
-        """Final-layer (post-norm) states at the response's own positions.
+        """Final-layer (post-norm) states at the positions that *predict* the response's tokens.
 
-        An empty response has ``n_tokens == 0``, a zero sum and a NaN mean (the mean of
-        nothing), so callers cannot mistake it for a real vector.
+        For prompt ids ``p`` and response ids ``r`` these are positions ``len(p) - 1`` (the last
+        prompt token, which predicts ``r[0]``) through ``len(p) + len(r) - 2`` (which predicts
+        ``r[-1]``): the states whose dot products with the unembedding give the response's
+        log-probs, the same positions ``score_logprobs`` reads. That is what CHES needs: its
+        gradient argument is about the log-prob of each response token, i.e. about the hidden
+        state that predicts it, so the canonical code (princeton-nlp/unintentional-unalignment,
+        ``ches/ches.py``) sums from the last prompt token and drops the final position. The
+        state *at* the last response token predicts what comes after the response and is not
+        used. (Their responses end with the EOS token, so their sum has one more position, the
+        one predicting EOS; here, as in ``score_logprobs``, only the response's own tokens
+        count, the end-of-turn token being the template's, not the response's.)
+
+        ``n_tokens`` is ``len(r)`` (the number of summed positions) and ``mean`` is
+        ``sum / len(r)``. An empty response has ``n_tokens == 0``, a zero sum and a NaN mean
+        (the mean of nothing), so callers cannot mistake it for a real vector.
         """
         import torch
 
@@ -402,7 +415,7 @@ class TransformersBackend(ModelBackend):
                 last = self.lm.base_model(input_ids=ids, use_cache=False).last_hidden_state
                 for row, i in enumerate(batch):
                     p, r = pairs[i]
-                    states = last[row, len(p) : len(p) + len(r)].double()
+                    states = last[row, len(p) - 1 : len(p) - 1 + len(r)].double()  # empty when r is
                     total = states.sum(dim=0).float().numpy()
                     mean = (total / len(r)).astype(np.float32) if r else np.full_like(total, np.nan)
                     out[i] = PooledHidden(sum=total, mean=mean, n_tokens=len(r))

@@ -1,0 +1,43 @@
+"""AI preferences for unlabeled pairs (generated candidates): the sign of a labeler's margin.
+
+Verdict A (mean margin > 0) keeps the pair as generated, B flips it (the stage swaps chosen
+and rejected), no valid margin or a zero one is undecided: dropped, or kept unlabeled so a
+later step (routing) can send it to people. Pairs that already have a label are not judged.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from curation.filter.base import PairSource, StepContext, StepResult, decisions_frame, label_margins
+from curation.filter.config import AILabelStep
+
+
+def run(cfg: AILabelStep, pairs: PairSource, labels: pl.DataFrame, ctx: StepContext) -> StepResult:
+    frame = pairs.frame(["pair_id", "label_source", "source_dataset"]).filter(pl.col("label_source") == "unlabeled")
+    if cfg.sources is not None:
+        frame = frame.filter(pl.col("source_dataset").is_in(cfg.sources))
+    means = label_margins(labels, cfg.labelers).group_by("pair_id").agg(margin=pl.col("margin").mean())
+    judged = frame.join(means, on="pair_id", how="left", maintain_order="left")
+    margin = judged["margin"]
+    decision = (
+        judged.select(
+            pl.when(pl.col("margin") > 0)
+            .then(pl.lit("kept"))
+            .when(pl.col("margin") < 0)
+            .then(pl.lit("flipped"))
+            .otherwise(pl.lit("filtered" if cfg.undecided == "filter" else "kept"))
+        )
+        .to_series()
+        .to_list()
+    )
+    reason = [
+        None if d == "kept" else ("ai_prefers_rejected" if d == "flipped" else ("ai_undecided" if m is not None else "no_ai_label"))
+        for d, m in zip(decision, margin.to_list())
+    ]
+    out = decisions_frame(judged["pair_id"], decision, reason, margin=margin)
+    counts = {d: decision.count(d) for d in ("kept", "flipped", "filtered")}
+    decided = judged.filter(pl.col("margin").is_not_null() & (pl.col("margin") != 0))["pair_id"]
+    relabel = pl.DataFrame({"pair_id": decided, "label_source": "ai", "label_model": f"{cfg.stage_name}:{'+'.join(cfg.labelers)}"})
+    summary = {"unlabeled": judged.height, **counts, "labelers": cfg.labelers}
+    return StepResult(out, scores=["margin"], summary=summary, pair_values=relabel)

@@ -1,0 +1,379 @@
+"""The filter stage: kept (and generated) pairs + their labels -> filtered, flipped, routed pairs.
+
+Runs after labeling. The steps of the recipe's ``filter`` section run in order; each sees
+the pairs the previous ones kept, oriented as they left them. The stage holds a small index
+of every pair (id, source coordinates, alive, flipped, label provenance) and reads the text
+columns a step asks for from the staged Parquet files in batches, so memory is bounded by
+the index plus what one step needs.
+
+Flips: a flipped pair is published with chosen and rejected swapped, so its content id
+changes; its decisions row (pair_id = the id it came in with) names the published id in
+``matched_pair_id``. Labels keep the ids the labelers saw; join them to published pairs
+through that decisions row. Human labels from the dataset's inbox (``curate route import``)
+are merged last and override AI labels.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curation.config import RunConfig
+from curation.errors import ConfigError, CurationError
+from curation.filter import step_function
+from curation.filter.base import LABEL_COLUMNS, PairSource, StepContext, StepResult
+from curation.label.base import BackendPool
+from curation.progress import NoProgress, Progress
+from curation.records import content_ids
+from curation.report_filters import HISTOGRAM_SCORES, histogram
+from curation.stages import StageOutput
+from schemas import arrow_schema
+
+INDEX_COLUMNS = ["pair_id", "prompt_id", "label_source", "label_model", "source_dataset", "source_file", "source_row", "source_pair_index"]
+TRACKED = ("label_source", "label_model")  # served from the index, not the files
+SWAP = {"chosen": "rejected", "rejected": "chosen", "chosen_score": "rejected_score", "rejected_score": "chosen_score"}
+
+
+class StagedPairs(PairSource):
+    """The alive pairs of the staged files, oriented as the steps so far left them."""
+
+    def __init__(self, files: list[str]):
+        self.files = files
+        parts = []
+        for i, path in enumerate(files):
+            part = pl.read_parquet(path, columns=INDEX_COLUMNS).with_columns(
+                _file=pl.lit(i, pl.Int32), _row=pl.int_range(pl.len(), dtype=pl.Int64)
+            )
+            parts.append(part)
+        empty = pl.DataFrame(schema={c: t for c, t in zip(INDEX_COLUMNS, [pl.String] * 5 + [pl.String, pl.Int64, pl.Int32])})
+        self.index = (pl.concat(parts) if parts else empty.with_columns(_file=pl.lit(0, pl.Int32), _row=pl.lit(0, pl.Int64))).with_columns(
+            alive=pl.lit(True),
+            flipped=pl.lit(False),
+            preference_strength=pl.lit(None, pl.Float64),
+            preference_strength_std=pl.lit(None, pl.Float64),
+            flipped_by=pl.lit(None, pl.String),
+        )
+        dupes = self.index.height - self.index["pair_id"].n_unique()
+        if dupes:
+            raise CurationError(f"filter: {dupes} pair ids occur more than once in the staged pairs; dedup must run before filtering")
+
+    def __len__(self) -> int:
+        return int(self.index["alive"].sum())
+
+    def frame(self, columns: list[str]) -> pl.DataFrame:
+        parts = list(self.batches(columns, 100_000))
+        if parts:
+            return pl.concat(parts)
+        return self._orient(pl.DataFrame(schema=self._schema(columns)), columns)
+
+    def _schema(self, columns: list[str]) -> dict[str, Any]:
+        schema = pl.from_arrow(arrow_schema("pairs").empty_table()).schema
+        return {c: schema[c] for c in columns}
+
+    def batches(self, columns: list[str], size: int) -> Iterator[pl.DataFrame]:
+        wanted = [c for c in columns if c not in (*TRACKED, "alive", "flipped")]
+        file_columns = list(dict.fromkeys(["pair_id", *wanted, *(SWAP[c] for c in wanted if c in SWAP)]))
+        state = self.index.select("_file", "_row", "alive", "flipped", *TRACKED)
+        buffer: list[pl.DataFrame] = []
+        held = 0
+        for i, path in enumerate(self.files):
+            mine = state.filter(pl.col("_file") == i)
+            offset = 0
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=max(size, 1024), columns=file_columns):
+                df = pl.from_arrow(pa.Table.from_batches([batch]))
+                info = mine.slice(offset, df.height)
+                offset += df.height
+                df = pl.concat([df, info.select("alive", "flipped", *TRACKED)], how="horizontal").filter(pl.col("alive"))
+                if not df.height:
+                    continue
+                buffer.append(self._orient(df, columns))
+                held += df.height
+                while held >= size:
+                    merged = pl.concat(buffer)
+                    yield merged.slice(0, size)
+                    rest = merged.slice(size)
+                    buffer, held = ([rest] if rest.height else []), rest.height
+        if held:
+            yield pl.concat(buffer)
+
+    @staticmethod
+    def _orient(df: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
+        if "flipped" in df.columns:
+            swaps = [
+                pl.when(pl.col("flipped")).then(pl.col(other)).otherwise(pl.col(c)).alias(c) for c, other in SWAP.items() if c in columns
+            ]
+            df = df.with_columns(swaps)
+        return df.select(columns)
+
+    # ------------------------------------------------------------------ applying results
+
+    def oriented_labels(self, labels: pl.DataFrame) -> pl.DataFrame:
+        """Labels as the alive pairs now stand: a flipped pair's margins negated, A and B swapped."""
+        if not labels.height:
+            return labels
+        state = self.index.filter(pl.col("alive")).select("pair_id", "flipped")
+        joined = labels.join(state, on="pair_id", how="inner", maintain_order="left")
+        f = pl.col("flipped")
+        return joined.with_columns(
+            margin=pl.when(f).then(-pl.col("margin")).otherwise(pl.col("margin")),
+            score_a=pl.when(f).then(pl.col("score_b")).otherwise(pl.col("score_a")),
+            score_b=pl.when(f).then(pl.col("score_a")).otherwise(pl.col("score_b")),
+            verdict=pl.when(f & (pl.col("verdict") == "A"))
+            .then(pl.lit("B"))
+            .when(f & (pl.col("verdict") == "B"))
+            .then(pl.lit("A"))
+            .otherwise(pl.col("verdict")),
+        ).drop("flipped")
+
+    def apply(self, stage: str, result: StepResult) -> None:
+        d = result.decisions.select("pair_id", "decision")
+        unknown = d.join(self.index.filter(pl.col("alive")), on="pair_id", how="anti").height
+        if unknown:
+            raise CurationError(f"filter step {stage!r} decided on {unknown} pairs that are not alive (a step bug)")
+        idx = self.index.join(d, on="pair_id", how="left", maintain_order="left")
+        flip = pl.col("decision") == "flipped"
+        idx = idx.with_columns(
+            alive=pl.col("alive") & (pl.col("decision").is_null() | (pl.col("decision") != "filtered")),
+            flipped=pl.when(flip).then(~pl.col("flipped")).otherwise(pl.col("flipped")),
+            label_source=pl.when(flip).then(pl.lit("ai")).otherwise(pl.col("label_source")),
+            label_model=pl.when(flip).then(pl.lit(stage)).otherwise(pl.col("label_model")),
+            flipped_by=pl.when(flip).then(pl.lit(stage)).otherwise(pl.col("flipped_by")),
+        ).drop("decision")
+        if result.pair_values is not None and result.pair_values.height:
+            values = result.pair_values
+            settable = [c for c in values.columns if c != "pair_id"]
+            bad = [c for c in settable if c not in ("preference_strength", "preference_strength_std", *TRACKED)]
+            if bad:
+                raise CurationError(f"filter step {stage!r} tried to set pair column(s) {bad}")
+            renamed = values.rename({c: f"_new_{c}" for c in settable})
+            idx = idx.join(renamed, on="pair_id", how="left", maintain_order="left").with_columns(
+                [pl.coalesce(f"_new_{c}", c).alias(c) for c in settable]
+            )
+            idx = idx.drop([f"_new_{c}" for c in settable])
+        self.index = idx
+
+    def mark_human(self, pair_ids: set[str]) -> int:
+        """Pairs that people already labeled (the inbox) count as human-labeled for routing."""
+        hit = pl.col("pair_id").is_in(list(pair_ids)) & pl.col("alive")
+        n = int(self.index.select(hit.sum()).item())
+        self.index = self.index.with_columns(label_source=pl.when(hit).then(pl.lit("human")).otherwise(pl.col("label_source")))
+        return n
+
+
+def decision_rows(stage: str, result: StepResult, index: pl.DataFrame) -> pl.DataFrame:
+    """The step's decisions as rows of the decisions table (source coordinates from the index)."""
+    d = result.decisions
+    scores = result.scores
+    if scores:
+        entries = pl.concat_list([pl.struct(key=pl.lit(name), value=pl.col(name).cast(pl.Float64)) for name in scores]).list.eval(
+            pl.element().filter(pl.element().struct.field("value").is_not_null() & pl.element().struct.field("value").is_not_nan())
+        )
+        d = d.with_columns(scores=entries)
+    else:
+        d = d.with_columns(scores=pl.lit(None, pl.List(pl.Struct({"key": pl.String, "value": pl.Float64}))))
+    coords = index.select("pair_id", "source_dataset", "source_file", "source_row", "source_pair_index")
+    return d.join(coords, on="pair_id", how="left", maintain_order="left").select(
+        "pair_id",
+        "source_dataset",
+        "source_file",
+        "source_row",
+        "source_pair_index",
+        pl.lit(stage).alias("stage"),
+        "decision",
+        "reason",
+        "matched_pair_id",
+        "scores",
+    )
+
+
+def _to_decisions_table(frame: pl.DataFrame) -> pa.Table:
+    schema = arrow_schema("decisions")
+    table = frame.to_arrow()
+    scores = table["scores"].combine_chunks()
+    as_map = (
+        pa.MapArray.from_arrays(scores.offsets, scores.values.field("key"), scores.values.field("value"), mask=scores.is_null())
+        if len(scores)
+        else pa.array([], schema.field("scores").type)
+    )
+    table = table.set_column(table.schema.get_field_index("scores"), "scores", as_map)
+    return table.cast(schema)
+
+
+def write_pairs(staged: StagedPairs, path: Path, batch_size: int) -> dict[str, str]:
+    """The alive pairs as they will be published; returns {original id: published id} of flipped ones."""
+    schema = arrow_schema("pairs")
+    moved: dict[str, str] = {}
+    extra = ["preference_strength", "preference_strength_std", "flipped_by"]
+    idx = staged.index.select("pair_id", *extra)
+    with pq.ParquetWriter(path, schema, compression="zstd") as writer:
+        for frame in staged.batches(
+            [c for c in schema.names if c not in ("preference_strength", "preference_strength_std")] + ["flipped"], batch_size
+        ):
+            frame = frame.join(idx, on="pair_id", how="left", maintain_order="left")
+            rows = frame.filter(pl.col("flipped"))
+            if rows.height:
+                new_ids, new_meta = [], []
+                for r in rows.iter_rows(named=True):
+                    _, pid = content_ids(r["prompt"], r["chosen"], r["rejected"])
+                    moved[r["pair_id"]] = pid
+                    new_ids.append(pid)
+                    meta = json.loads(r["metadata"]) if r["metadata"] else {}
+                    meta["flipped"] = {"by": r["flipped_by"], "original_pair_id": r["pair_id"]}
+                    new_meta.append(json.dumps(meta, ensure_ascii=False))
+                fixed = rows.with_columns(pair_id=pl.Series(new_ids), metadata=pl.Series(new_meta, dtype=pl.String))
+                frame = pl.concat([frame.filter(~pl.col("flipped")), fixed])
+            writer.write_table(frame.select(schema.names).to_arrow().cast(schema))
+    return moved
+
+
+def check(cfg: RunConfig) -> None:
+    """Step configs that cannot work here (a CHES backend without hidden states, a labeler name
+    no labeler has): before any work."""
+    if cfg.filter is None:
+        return
+    labelers = {lab.name for lab in cfg.label.labelers} if cfg.label is not None else set()
+    for step in cfg.filter.steps:
+        for name in getattr(step, "labelers", []) or []:
+            if name.split("/")[0] not in labelers:
+                known = ", ".join(sorted(labelers)) or "none (the recipe has no label section)"
+                raise ConfigError(f"filter step {step.stage_name!r}: unknown labeler {name!r}; labelers in this recipe: {known}")
+        module = step_function(step.kind).__module__
+        import importlib
+
+        checker = getattr(importlib.import_module(module), "check", None)
+        if checker is not None:
+            checker(step, cfg.data_root)
+
+
+def score_histograms(result: StepResult) -> dict[str, Any]:
+    """Histograms of the step's main scores for the run report; a step's single numeric
+    threshold (``cut``, ``threshold`` or ``score_threshold`` in its summary) is drawn as a line."""
+    cut = next((v for k in ("cut", "threshold", "score_threshold") if isinstance(v := result.summary.get(k), (int, float))), None)
+    out = {}
+    for name in result.scores:
+        if name in HISTOGRAM_SCORES:
+            h = histogram(
+                result.decisions[name].to_list(), cut=cut if name == (result.summary.get("ranked_by") or result.scores[0]) else None
+            )
+            if h is not None:
+                out[name] = h
+    return out
+
+
+def read_labels(labels_file: str | None) -> pl.DataFrame:
+    if labels_file:
+        return pl.read_parquet(labels_file, columns=LABEL_COLUMNS)
+    schema = pl.from_arrow(arrow_schema("labels").empty_table()).schema
+    return pl.DataFrame(schema={c: schema[c] for c in LABEL_COLUMNS})
+
+
+def filter_pairs(
+    cfg: RunConfig, run_dir: str | Path, pair_files: list[str], labels_file: str | None, progress: Progress | None = None
+) -> StageOutput:
+    """Run the recipe's filter steps over the staged pairs; write pairs, decisions, routing."""
+    if cfg.filter is None:
+        raise CurationError("the recipe has no filter section")
+    from curation.route import inbox
+
+    progress = progress or NoProgress()
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+    staged = StagedPairs([f for f in pair_files if f])
+    labels = read_labels(labels_file)
+    pairs_in = staged.index.height
+    pool = BackendPool(cfg.data_root)
+    ctx = StepContext(backends=pool, progress=progress, data_root=str(cfg.data_root))
+    steps: dict[str, Any] = {}
+    decision_parts: list[pl.DataFrame] = []
+    extra_tables: dict[str, pl.DataFrame] = {}
+    human = inbox.read_inbox(cfg.data_root, cfg.publish.dataset)
+    try:
+        for step in cfg.filter.steps:
+            stage = step.stage_name
+            if step.kind == "route" and human.height:
+                steps["human_labels_known"] = staged.mark_human(set(human["pair_id"].to_list()))
+            t0 = time.perf_counter()
+            alive_before = len(staged)
+            result: StepResult = step_function(step.kind)(step, staged, staged.oriented_labels(labels), ctx)
+            result.check(stage)
+            decision_parts.append(decision_rows(stage, result, staged.index))
+            staged.apply(stage, result)
+            counts = Counter(result.decisions["decision"].to_list())
+            reasons = Counter(r for r in result.decisions["reason"].to_list() if r)
+            steps[stage] = {
+                "kind": step.kind,
+                "pairs_in": alive_before,
+                "judged": result.decisions.height,
+                **{k: counts.get(k, 0) for k in ("kept", "filtered", "flipped", "routed")},
+                "reasons": dict(reasons),
+                "pairs_out": len(staged),
+                "seconds": round(time.perf_counter() - t0, 3),
+                "summary": result.summary,
+                "histograms": score_histograms(result),
+            }
+            extra_tables.update(result.tables)
+    finally:
+        pool.close()
+    pairs_path = run_dir / "filtered.parquet"
+    moved = write_pairs(staged, pairs_path, cfg.batch_size)
+    decisions = pl.concat(decision_parts) if decision_parts else None
+    if decisions is not None and moved:
+        fix = pl.DataFrame({"pair_id": list(moved), "_moved": list(moved.values())})
+        decisions = (
+            decisions.join(fix, on="pair_id", how="left", maintain_order="left")
+            .with_columns(
+                matched_pair_id=pl.when(pl.col("decision") == "flipped").then(pl.col("_moved")).otherwise(pl.col("matched_pair_id"))
+            )
+            .drop("_moved")
+        )
+    files = {"pairs": str(pairs_path)}
+    merged: dict[str, Any] = {}
+    if human.height:
+        merged = inbox.merge_into_file(pairs_path, human, run_dir)
+        files["human_labels"] = merged["human_labels_file"]
+        if merged["decisions"] is not None:
+            decisions = pl.concat([decisions, merged["decisions"]]) if decisions is not None else merged["decisions"]
+    dec_path = run_dir / "decisions-filter.parquet"
+    pq.write_table(
+        _to_decisions_table(decisions) if decisions is not None else arrow_schema("decisions").empty_table(), dec_path, compression="zstd"
+    )
+    files["decisions"] = str(dec_path)
+    for name, table in extra_tables.items():
+        if moved and "pair_id" in table.columns:
+            table = table.with_columns(pl.col("pair_id").replace(moved))
+        path = run_dir / f"{name}.parquet"
+        pq.write_table(table.to_arrow().cast(arrow_schema(name)), path, compression="zstd")
+        files[name] = str(path)
+    pairs_out = pq.ParquetFile(pairs_path).metadata.num_rows
+    filtered: Counter[str] = Counter()
+    by_reason: dict[str, dict[str, int]] = {}
+    if decisions is not None:
+        for (stage, decision, reason), n in Counter(
+            zip(decisions["stage"].to_list(), decisions["decision"].to_list(), decisions["reason"].to_list())
+        ).items():
+            if decision == "filtered":
+                by_reason.setdefault(stage, {})[reason] = n
+                filtered[stage] += n
+    counts = {
+        "pairs_in": pairs_in,
+        "pairs_out": pairs_out,
+        "filtered": sum(filtered.values()),
+        "filtered_by_reason": by_reason,
+        "flipped": int(staged.index["flipped"].sum()),
+        "routed": sum(s.get("routed", 0) for s in steps.values() if isinstance(s, dict)),
+        "steps": steps,
+        **({"human_labels": {k: v for k, v in merged.items() if k not in ("decisions", "human_labels_file")}} if merged else {}),
+    }
+    if pairs_in != pairs_out + counts["filtered"]:
+        raise CurationError(
+            f"filter accounting: {pairs_in} pairs in != {pairs_out} out + {counts['filtered']} filtered; nothing was published"
+        )
+    return StageOutput("filter", files, counts, time.perf_counter() - started)
