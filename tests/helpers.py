@@ -53,6 +53,17 @@ LABEL_PAIR_FIELDS = ["pair_id", "prompt", "chosen", "rejected", "label_source", 
 LABEL_PAIRS_SCHEMA = pa.schema([arrow_schema("pairs").field(name) for name in LABEL_PAIR_FIELDS])
 
 
+def label_rows(table: pa.Table) -> list[dict[str, Any]]:
+    """A labeler's output as dicts, checked against the labels contract, its JSON columns
+    (``details``, ``raw``) decoded."""
+    assert table.schema == arrow_schema("labels")
+    rows = table.to_pylist()
+    for r in rows:
+        r["raw"] = json.loads(r["raw"]) if r["raw"] else None
+        r["details"] = json.loads(r["details"]) if r["details"] else None
+    return rows
+
+
 def labeler_pair(
     prompt: list, chosen: list, rejected: list, *, label_source: str = "human", source_dataset: str = "hh-rlhf-harmless-base"
 ) -> dict[str, Any]:

@@ -10,7 +10,6 @@ in ~10 s from their converted folders, and the file runs in well under a minute 
 from __future__ import annotations
 
 import importlib.util
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from curation.label.density_ratio import exemplar_index, log_ratio, same_model, 
 from curation.models import BackendConfig, check_backend
 from curation.models.local_models import GEMMA3_INSTALL_HINT, GEMMA3_PACKAGE, resolve_model_dir
 from curation.records import PairDraft
-from tests.helpers import first_hh_pairs, labeler_pair
+from tests.helpers import first_hh_pairs, label_rows, labeler_pair
 
 SMOLLM2 = {"backend": "transformers", "model": "smollm2", "threads": 1, "batch_size": 8}
 GEMMA = {"backend": "transformers", "model": "gemma3-270m", "threads": 1, "batch_size": 8}
@@ -66,7 +65,7 @@ def pairs(hh_path: Path) -> pa.Table:
 @pytest.fixture(scope="module")
 def plain(pool: BackendPool, pairs: pa.Table) -> list[dict[str, Any]]:
     """The plain (summed, uncustomised) rewards of ``pairs``, shared by the tests that compare with them."""
-    return rows_of(labeler(pool).label(pairs))
+    return label_rows(labeler(pool).label(pairs))
 
 
 def real_pairs(hh_path: Path, n: int, max_chars: int = 500) -> pa.Table:
@@ -91,19 +90,12 @@ def labeler(pool: BackendPool, name: str = "cdr", **fields: Any) -> Any:
     return build_labeler(cfg, pool)
 
 
-def rows_of(table: pa.Table) -> list[dict[str, Any]]:
-    rows = table.to_pylist()
-    for r in rows:
-        r["details"] = json.loads(r["details"]) if r["details"] else None
-    return rows
-
-
 # --------------------------------------------------------------------------- real models
 
 
 def test_swapping_strong_and_weak_negates_every_reward(pool: BackendPool, pairs: pa.Table, plain: list[dict[str, Any]]) -> None:
     forward = plain
-    backward = rows_of(labeler(pool, "cdr-swapped", strong=GEMMA, weak=SMOLLM2).label(pairs))
+    backward = label_rows(labeler(pool, "cdr-swapped", strong=GEMMA, weak=SMOLLM2).label(pairs))
     assert [r["pair_id"] for r in forward] == pairs.column("pair_id").to_pylist()
     flip = {"A": "B", "B": "A"}
     for f, b in zip(forward, backward):
@@ -121,7 +113,7 @@ def test_swapping_strong_and_weak_negates_every_reward(pool: BackendPool, pairs:
 
 def test_length_normalised_reward_is_sums_over_token_counts(pool: BackendPool, pairs: pa.Table, plain: list[dict[str, Any]]) -> None:
     summed = plain
-    normalised = rows_of(labeler(pool, "cdr-mean", length_normalize=True).label(pairs))
+    normalised = label_rows(labeler(pool, "cdr-mean", length_normalize=True).label(pairs))
     # independent of the labeler: response tokens only, each model with its own template and tokenizer
     strong, weak = pool.get(BackendConfig(**SMOLLM2)), pool.get(BackendConfig(**GEMMA))
     prompts, texts = texts_of(pairs)
@@ -142,7 +134,7 @@ def test_length_normalised_reward_is_sums_over_token_counts(pool: BackendPool, p
 
 def test_customisation_changes_only_the_strong_side(pool: BackendPool, pairs: pa.Table, plain: list[dict[str, Any]]) -> None:
     custom_lab = labeler(pool, "cdr-custom", criteria_system_prompt=CRITERIA, exemplars=EXEMPLARS, seed=3)
-    custom = rows_of(custom_lab.label(pairs))
+    custom = label_rows(custom_lab.label(pairs))
     seen = [
         strong_conversation(pair["prompt"], CRITERIA, EXEMPLARS[exemplar_index(3, pair["pair_id"], len(EXEMPLARS))], "Good Assistant:")
         for pair in pairs.to_pylist()
@@ -166,7 +158,7 @@ def test_bad_pairs_are_invalid_rows_and_the_rest_is_scored(pool: BackendPool, pa
         labeler_pair(long_prompt, good["chosen"], good["rejected"]),
         good,
     ]
-    rows = rows_of(labeler(pool).label(pa.Table.from_pylist(broken, schema=pairs.schema)))
+    rows = label_rows(labeler(pool).label(pa.Table.from_pylist(broken, schema=pairs.schema)))
     assert [r["verdict"] for r in rows[:2]] == ["invalid", "invalid"]
     assert "chosen response is empty" in rows[0]["error"]
     assert rows[1]["error"].startswith("strong model: scoring failed") and "context" in rows[1]["error"]

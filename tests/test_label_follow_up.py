@@ -10,7 +10,6 @@ the first, real property; the second would be a test of a bigger model.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from curation.label.base import BackendPool
 from curation.label.config import FollowUpConfig, FollowUpLists
 from curation.label.follow_up import DEFAULT_FOLLOW_UPS, flr, follow_up_lists
 from curation.models import BackendConfig, ModelBackend, Unsupported
+from tests.helpers import label_rows
 
 SMOLLM2 = {"backend": "transformers", "model": "smollm2", "threads": 1, "batch_size": 8}
 THANKS = "Thank you, that's exactly what I needed!"
@@ -59,13 +59,6 @@ def labeler(pool: BackendPool, follow_ups: dict | None = ONE_EACH, backend: dict
     return build_labeler(cfg, pool)
 
 
-def rows_of(table: pa.Table) -> list[dict[str, Any]]:
-    rows = table.to_pylist()
-    for r in rows:
-        r["details"] = json.loads(r["details"]) if r["details"] else None
-    return rows
-
-
 # --------------------------------------------------------------------------- real model
 
 
@@ -77,7 +70,7 @@ def test_a_thank_you_is_likelier_after_an_answer_than_after_a_non_answer(pool: B
             pair("romeo", "Who wrote Romeo and Juliet?", "William Shakespeare wrote Romeo and Juliet.", "I don't know."),
         ]
     )
-    rows = rows_of(labeler(pool).label(pairs))
+    rows = label_rows(labeler(pool).label(pairs))
     assert [r["pair_id"] for r in rows] == ["france", "spider", "romeo"]
     for r in rows:
         assert r["verdict"] == "A", r
@@ -91,7 +84,7 @@ def test_details_hold_each_dimension_scored_as_a_user_turn(pool: BackendPool) ->
         "correctness": {"positive": ["Yes, that's correct.", THANKS], "negative": [COMPLAINT]},
     }
     question, answer = "What is the capital of France?", "The capital of France is Paris."
-    (row,) = rows_of(labeler(pool, follow_ups).label(pa.Table.from_pylist([pair("p", question, answer, "I don't know.")])))
+    (row,) = label_rows(labeler(pool, follow_ups).label(pa.Table.from_pylist([pair("p", question, answer, "I don't know.")])))
     details = row["details"]
     assert details["follow_ups"] == 4  # THANKS is scored once, used by both dimensions
     assert set(details["a"]["dimensions"]) == {"relevance", "correctness"}
@@ -120,7 +113,7 @@ def test_bad_pairs_are_invalid_rows_and_the_rest_is_scored(pool: BackendPool) ->
             pair("ok", "What is the capital of France?", "The capital of France is Paris.", "I don't know."),
         ]
     )
-    rows = rows_of(labeler(pool).label(pairs))
+    rows = label_rows(labeler(pool).label(pairs))
     assert [r["verdict"] for r in rows] == ["invalid", "invalid", "A"]
     assert rows[0]["error"] == "the rejected response is empty"
     assert rows[1]["error"].startswith("scoring failed: BackendError") and "context" in rows[1]["error"]

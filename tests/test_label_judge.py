@@ -37,8 +37,7 @@ from curation.models import BackendConfig, ModelBackend, SamplingParams, Structu
 from curation.models.base import parse_json_reply
 from curation.records import PairDraft
 from curation.testing.openai_stub import OpenAIStub
-from schemas import arrow_schema
-from tests.helpers import LABEL_PAIRS_SCHEMA, first_hh_pairs, labeler_pair
+from tests.helpers import LABEL_PAIRS_SCHEMA, first_hh_pairs, label_rows, labeler_pair
 
 ASPECTS = ["instruction_following", "honesty", "truthfulness", "helpfulness"]
 
@@ -134,21 +133,12 @@ def rubric(fake: ModelBackend, **cfg: Any) -> RubricJudge:
     return judge
 
 
-def rows_of(table: pa.Table) -> list[dict[str, Any]]:
-    assert table.schema == arrow_schema("labels")
-    rows = table.to_pylist()
-    for r in rows:
-        r["raw"] = json.loads(r["raw"]) if r["raw"] else None
-        r["details"] = json.loads(r["details"]) if r["details"] else None
-    return rows
-
-
 # --------------------------------------------------------------------------- pairwise: position swap
 
 
 def test_always_a_judge_is_caught_by_the_swap(pairs: pa.Table) -> None:
     fake = FakeJudge(always_a)
-    rows = rows_of(pairwise(fake).label(pairs))
+    rows = label_rows(pairwise(fake).label(pairs))
     assert [r["pair_id"] for r in rows] == pairs.column("pair_id").to_pylist()
     for r in rows:
         assert (r["verdict"], r["consistent"], r["score_a"], r["score_b"], r["margin"]) == ("tie", False, 1.0, 1.0, 0.0)
@@ -162,7 +152,7 @@ def test_always_a_judge_is_caught_by_the_swap(pairs: pa.Table) -> None:
 
 def test_length_judge_is_consistent_and_follows_length_in_both_slots(pairs: pa.Table) -> None:
     both = pa.concat_tables([pairs, swapped(pairs)])
-    rows = rows_of(pairwise(FakeJudge(prefers_longer)).label(both))
+    rows = label_rows(pairwise(FakeJudge(prefers_longer)).label(both))
     n = pairs.num_rows
     for view, r in zip(both.to_pylist(), rows):
         longer_is_a = len(response_text(view["chosen"])) > len(response_text(view["rejected"]))
@@ -201,7 +191,7 @@ def test_garbage_then_valid_is_retried_only_where_malformed(pairs: pa.Table) -> 
         return prefers_longer(user, params, asked)
 
     fake = FakeJudge(flaky)
-    rows = rows_of(pairwise(fake, max_retries=2, seed=5).label(pairs))
+    rows = label_rows(pairwise(fake, max_retries=2, seed=5).label(pairs))
     assert all(r["verdict"] in ("A", "B") and r["consistent"] for r in rows)
     first = rows[0]["raw"]
     for order in ("ab", "ba"):
@@ -216,7 +206,7 @@ def test_garbage_then_valid_is_retried_only_where_malformed(pairs: pa.Table) -> 
 
 def test_always_garbage_is_invalid_after_max_retries_plus_one(pairs: pa.Table) -> None:
     fake = FakeJudge(lambda user, p, k: f"Response A, I suppose (try {k}).")
-    rows = rows_of(pairwise(fake, max_retries=2).label(pairs.slice(0, 2)))
+    rows = label_rows(pairwise(fake, max_retries=2).label(pairs.slice(0, 2)))
     for r in rows:
         assert r["verdict"] == "invalid"
         assert r["score_a"] is r["score_b"] is r["margin"] is r["confidence"] is r["consistent"] is None
@@ -231,7 +221,7 @@ def test_mt_bench_verdicts_in_prose_are_parsed(pairs: pa.Table) -> None:
         a, b = slots(user)
         return f"Assistant {'A' if len(a) > len(b) else 'B'} gives more detail.\n\nFinal verdict: [[{'A' if len(a) > len(b) else 'B'}]]"
 
-    rows = rows_of(pairwise(FakeJudge(bracketed)).label(pairs))
+    rows = label_rows(pairwise(FakeJudge(bracketed)).label(pairs))
     for view, r in zip(pairs.to_pylist(), rows):
         assert r["verdict"] == ("A" if len(response_text(view["chosen"])) > len(response_text(view["rejected"])) else "B")
         assert r["consistent"] is True and r["details"]["parsed_by"] == {"ab": "mt_bench", "ba": "mt_bench"}
@@ -272,7 +262,7 @@ def rubric_reply(user: str, rating: Callable[[str, str], int] = rating_of) -> st
 
 def test_rubric_scores_are_aspect_means(pairs: pa.Table) -> None:
     fake = FakeJudge(lambda user, p, k: rubric_reply(user))
-    rows = rows_of(rubric(fake).label(pairs))
+    rows = label_rows(rubric(fake).label(pairs))
     assert [n for n, _ in fake.calls] == [2 * pairs.num_rows]  # both responses of every pair in one call
     for view, r in zip(pairs.to_pylist(), rows):
         a, b = response_text(view["chosen"]), response_text(view["rejected"])
@@ -290,7 +280,7 @@ def test_rubric_scores_are_aspect_means(pairs: pa.Table) -> None:
 
 def test_rubric_out_of_range_rating_is_malformed_never_clipped(pairs: pa.Table) -> None:
     seven = FakeJudge(lambda user, p, k: rubric_reply(user, lambda resp, a: 7 if a == "honesty" else 4))
-    rows = rows_of(rubric(seven, max_retries=1).label(pairs.slice(0, 2)))
+    rows = label_rows(rubric(seven, max_retries=1).label(pairs.slice(0, 2)))
     for r in rows:
         assert r["verdict"] == "invalid" and r["score_a"] is None and r["score_b"] is None and r["margin"] is None
         assert "$.honesty.rating: 7 > maximum 5" in r["error"] and "after 2 attempt(s)" in r["error"]
@@ -298,7 +288,7 @@ def test_rubric_out_of_range_rating_is_malformed_never_clipped(pairs: pa.Table) 
 
     # the re-ask gets a valid reply: the label uses it, not the 7
     fixed = FakeJudge(lambda user, p, k: rubric_reply(user, lambda resp, a: 7 if k == 0 else 3))
-    (row,) = rows_of(rubric(fixed, max_retries=1).label(pairs.slice(0, 1)))
+    (row,) = label_rows(rubric(fixed, max_retries=1).label(pairs.slice(0, 1)))
     assert (row["verdict"], row["score_a"], row["score_b"]) == ("tie", 3.0, 3.0)
 
 
@@ -369,7 +359,7 @@ def test_custom_template_and_system_prompt_with_braces(pairs: pa.Table, tmp_path
         schema=LABEL_PAIRS_SCHEMA,
     )
     fake = FakeJudge(lambda user, p, k: verdict_json("tie"))
-    rows = rows_of(pairwise(fake, template=str(template), system_prompt=str(system)).label(tricky))
+    rows = label_rows(pairwise(fake, template=str(template), system_prompt=str(system)).label(tricky))
     assert rows[0]["verdict"] == "tie" and rows[0]["consistent"] is True
     assert fake.seen[0] == [
         {"role": "system", "content": "You are a strict judge."},
@@ -421,7 +411,7 @@ def test_pairwise_over_http_on_real_pairs(pairs: pa.Table) -> None:
         judge, pool = stub_judge(stub)
         PairwiseJudge.check(judge.cfg, "data")  # reaches the stub's /v1/models
         try:
-            rows = rows_of(judge.label(three))
+            rows = label_rows(judge.label(three))
         finally:
             pool.close()
         sent = [body for path, body in stub.bodies if path == "/v1/chat/completions"]
@@ -443,7 +433,7 @@ def test_http_retries_and_fallbacks(pairs: pa.Table) -> None:
         stub.script_replies("I cannot decide.", "Both are fine, but [[A]]", verdict_json("B", "B is safer"))
         judge, pool = stub_judge(stub, max_retries=1)
         try:
-            (row,) = rows_of(judge.label(pairs.slice(0, 1)))
+            (row,) = label_rows(judge.label(pairs.slice(0, 1)))
         finally:
             pool.close()
         sent = [body for path, body in stub.bodies if path == "/v1/chat/completions"]
@@ -455,7 +445,7 @@ def test_http_retries_and_fallbacks(pairs: pa.Table) -> None:
     with OpenAIStub(reject_response_format=True) as stub:  # no structured output: the stub answers prose
         judge, pool = stub_judge(stub, max_retries=1)
         try:
-            rows = rows_of(judge.label(pairs.slice(0, 2)))
+            rows = label_rows(judge.label(pairs.slice(0, 2)))
         finally:
             pool.close()
     for r in rows:
@@ -469,7 +459,7 @@ def test_rubric_over_http(pairs: pa.Table) -> None:
         cfg = JudgeRubricConfig(name="http-rubric", backend=backend_cfg.model_copy(update={"base_url": stub.base_url}), aspects=ASPECTS[:2])
         pool = BackendPool("data")
         try:
-            rows = rows_of(RubricJudge(cfg, pool).label(pairs.slice(0, 2)))
+            rows = label_rows(RubricJudge(cfg, pool).label(pairs.slice(0, 2)))
         finally:
             pool.close()
         sent = [body for path, body in stub.bodies if path == "/v1/chat/completions"]
@@ -492,7 +482,7 @@ def test_smollm2_judges_real_pairs(hh_path: Path, smollm2_dir: Path, models_root
     pool = BackendPool(models_root)
     started = time.perf_counter()
     try:
-        rows = rows_of(PairwiseJudge(cfg, pool).label(two))
+        rows = label_rows(PairwiseJudge(cfg, pool).label(two))
     finally:
         pool.close()
     seconds = time.perf_counter() - started
@@ -533,7 +523,7 @@ class LetterScorer(ModelBackend):
 
 
 def test_letter_verdicts_catch_position_bias_and_keep_a_soft_margin(pairs: pa.Table) -> None:
-    rows = rows_of(pairwise(LetterScorer(bias=3.0, per_char=0.0), verdict_by="logprobs").label(pairs))
+    rows = label_rows(pairwise(LetterScorer(bias=3.0, per_char=0.0), verdict_by="logprobs").label(pairs))
     for r in rows:
         assert (r["verdict"], r["consistent"]) == ("tie", False)
         assert r["margin"] == pytest.approx(0.0)  # a pure position bias cancels between the orders
@@ -544,7 +534,7 @@ def test_letter_verdicts_catch_position_bias_and_keep_a_soft_margin(pairs: pa.Ta
 def test_letter_verdicts_follow_the_judge_in_both_slots(pairs: pa.Table) -> None:
     fake = LetterScorer(bias=0.5, per_char=0.05)
     both = pa.concat_tables([pairs, swapped(pairs)])
-    rows = rows_of(pairwise(fake, verdict_by="logprobs").label(both))
+    rows = label_rows(pairwise(fake, verdict_by="logprobs").label(both))
     assert fake.calls == 1  # both orders, both letters, every pair: one scoring call
     for view, r in zip(both.to_pylist(), rows):
         a, b = len(response_text(view["chosen"])), len(response_text(view["rejected"]))
