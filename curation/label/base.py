@@ -20,11 +20,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import pyarrow as pa
 
-from curation.models.base import Conversation, ModelBackend
+from curation.errors import ConfigError
+from curation.models.base import Conversation, ModelBackend, Unsupported
 from curation.models.config import BackendConfig
 from schemas import arrow_schema
 
@@ -35,6 +36,14 @@ PAIR_COLUMNS = ["pair_id", "prompt", "chosen", "rejected", "label_source", "sour
 def response_text(messages: Sequence[dict[str, str]] | None) -> str:
     """A response stored as messages, as one text (multi-message responses joined by a blank line)."""
     return "\n\n".join(m["content"] for m in messages or [])
+
+
+def render_conversation(messages: Sequence[dict[str, str]]) -> str:
+    """The prompt conversation as people (and judges) read it: a lone user turn as is, else one labelled block per turn."""
+    if len(messages) == 1 and messages[0]["role"] == "user":
+        return messages[0]["content"]
+    names = {"user": "User", "assistant": "Assistant", "system": "System", "tool": "Tool"}
+    return "\n\n".join(f"{names.get(m['role'], m['role'].title())}: {m['content']}" for m in messages)
 
 
 @dataclass(frozen=True)
@@ -68,6 +77,49 @@ def verdict_from_margin(margin: float | None, tie_tolerance: float = 0.0) -> str
     if abs(margin) <= tie_tolerance:
         return "tie"
     return "A" if margin > 0 else "B"
+
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+def scoring_failure(err: Exception) -> str:
+    return f"scoring failed: {type(err).__name__}: {err}"
+
+
+def isolate_failures(items: Sequence[Item], score: Callable[[Sequence[Item]], list[Result]]) -> list[Result | str]:
+    """``score(items)`` (one result per item) in one call when it succeeds; when it raises, each
+    item is scored on its own and a failing item's result is its error text, so one bad pair
+    (longer than the context, a template that rejects its turns) costs only itself.
+
+    Fatal rather than per-item: a ``ConfigError`` always; ``Unsupported`` only when it hits
+    every item, because then the backend lacks the capability (some backends also report a
+    single request's rejection as ``Unsupported``, which stays that item's error)."""
+    if not items:
+        return []
+    try:
+        return list(score(items))
+    except ConfigError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any backend failure: find the item(s) that caused it
+        if len(items) == 1:
+            if isinstance(err, Unsupported):
+                raise
+            return [scoring_failure(err)]
+    out: list[Result | str] = []
+    unsupported: list[Unsupported] = []
+    for item in items:
+        try:
+            out.extend(score([item]))
+        except ConfigError:
+            raise
+        except Exception as err:  # noqa: BLE001 - recorded as this item's error, never a score
+            if isinstance(err, Unsupported):
+                unsupported.append(err)
+            out.append(scoring_failure(err))
+    if len(unsupported) == len(items):
+        raise unsupported[0]
+    return out
 
 
 def config_hash(config: dict[str, Any]) -> str:

@@ -46,7 +46,7 @@ from typing import Any
 import pyarrow as pa
 
 from curation.errors import ConfigError
-from curation.label.base import Labeler, PairView, pair_views, verdict_from_margin
+from curation.label.base import Labeler, PairView, pair_views, render_conversation, verdict_from_margin
 from curation.label.config import JudgePairwiseConfig, JudgeRubricConfig, looks_like_file
 from curation.models import check_backend
 from curation.models.base import BackendError, Conversation, ModelBackend, SamplingParams, StructuredReply, schema_problem
@@ -114,14 +114,6 @@ def fill(template: str, values: dict[str, str]) -> str:
     substituted again, and other braces stay as they are."""
     pattern = re.compile("|".join(re.escape(f"{{{name}}}") for name in values))
     return pattern.sub(lambda m: values[m.group(0)[1:-1]], template)
-
-
-def render_conversation(messages: Sequence[dict[str, str]]) -> str:
-    """The prompt conversation as readable text: a lone user turn as is, else one labelled block per turn."""
-    if len(messages) == 1 and messages[0]["role"] == "user":
-        return messages[0]["content"]
-    names = {"user": "User", "assistant": "Assistant", "system": "System", "tool": "Tool"}
-    return "\n\n".join(f"{names.get(m['role'], m['role'].title())}: {m['content']}" for m in messages)
 
 
 def chat(system: str, user: str) -> Conversation:
@@ -277,8 +269,15 @@ def usage(*outcomes: Outcome) -> dict[str, Any]:
     }
 
 
-def failure(what: str, outcome: Outcome, max_retries: int) -> str:
-    return f"{what}: malformed judge reply after {len(outcome.attempts)} attempt(s) (max_retries={max_retries}): {outcome.last_error}"
+def failures(outcomes: dict[str, Outcome], max_retries: int) -> str | None:
+    """Why the label is invalid (one clause per failed request, named), or None if every
+    request parsed: both judges ask twice per pair and fail the pair on either."""
+    which = [
+        f"{what}: malformed judge reply after {len(o.attempts)} attempt(s) (max_retries={max_retries}): {o.last_error}"
+        for what, o in outcomes.items()
+        if not o.ok
+    ]
+    return "; ".join(which) if which else None
 
 
 # --------------------------------------------------------------------------- pairwise
@@ -339,9 +338,8 @@ class PairwiseJudge(Labeler):
     def pair_row(self, view: PairView, ab: Outcome, ba: Outcome) -> dict[str, Any]:
         raw = {"ab": ab.attempts, "ba": ba.attempts}
         details: dict[str, Any] = {"usage": usage(ab, ba)}
-        if not (ab.ok and ba.ok):
-            which = [failure(name, o, self.cfg.max_retries) for name, o in (("order A/B", ab), ("order B/A", ba)) if not o.ok]
-            return self.row(view.pair_id, None, None, verdict="invalid", details=details, raw=raw, error="; ".join(which))
+        if error := failures({"order A/B": ab, "order B/A": ba}, self.cfg.max_retries):
+            return self.row(view.pair_id, None, None, verdict="invalid", details=details, raw=raw, error=error)
         assert ab.parsed is not None and ba.parsed is not None
         v_ab, v_ba = ab.parsed.value["verdict"], ba.parsed.value["verdict"]
         score_a, score_b, verdict, consistent = combine_orders(v_ab, v_ba)
@@ -450,9 +448,8 @@ class RubricJudge(Labeler):
     def pair_row(self, view: PairView, a: Outcome, b: Outcome) -> dict[str, Any]:
         raw = {"a": a.attempts, "b": b.attempts}
         details: dict[str, Any] = {"usage": usage(a, b)}
-        if not (a.ok and b.ok):
-            which = [failure(name, o, self.cfg.max_retries) for name, o in (("response A", a), ("response B", b)) if not o.ok]
-            return self.row(view.pair_id, None, None, verdict="invalid", details=details, raw=raw, error="; ".join(which))
+        if error := failures({"response A": a, "response B": b}, self.cfg.max_retries):
+            return self.row(view.pair_id, None, None, verdict="invalid", details=details, raw=raw, error=error)
         assert a.parsed is not None and b.parsed is not None
         score_a, score_b = (sum(r["rating"] for r in p.value.values()) / len(p.value) for p in (a.parsed, b.parsed))
         details.update(a=a.parsed.value, b=b.parsed.value, parsed_by={"a": a.parsed.how, "b": b.parsed.how})

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from curation.errors import ConfigError
+from curation.label.base import isolate_failures
 from curation.models import check_backend
-from curation.models.base import Conversation, ModelBackend, Unsupported
+from curation.models.base import Conversation, ModelBackend
 from curation.models.config import BackendConfig
 
 SCORING_BACKENDS = ("transformers", "vllm", "openai")
@@ -60,20 +61,19 @@ def check_scoring_backend(cfg: BackendConfig, data_root: str | Path, what: str) 
 
 
 def score_groups(backend: ModelBackend, requests: Sequence[ScoreRequest], role: str = "assistant") -> dict[str, GroupScores]:
-    """Every request scored, in one backend call when it succeeds; failures isolated per group."""
-    if not requests:
-        return {}
-    groups = list(dict.fromkeys(r.group for r in requests))
-    try:
-        return _collect(requests, _call(backend, requests, role))
-    except ConfigError:
-        raise
-    except Exception as err:  # noqa: BLE001 - any backend failure: find the pair(s) that caused it
-        if len(groups) > 1:
-            return _one_by_one(backend, requests, groups, role)
-        if isinstance(err, Unsupported):
-            raise
-        return {groups[0]: GroupScores(values=[], error=_failure(err))}
+    """Every request scored, in one backend call when it succeeds; failures isolated per group
+    (``isolate_failures``)."""
+    groups: dict[str, list[ScoreRequest]] = {}
+    for r in requests:
+        groups.setdefault(r.group, []).append(r)
+
+    def score(batch: Sequence[list[ScoreRequest]]) -> list[GroupScores]:
+        flat = [r for group in batch for r in group]
+        collected = _collect(flat, _call(backend, flat, role))
+        return [collected[group[0].group] for group in batch]
+
+    results = isolate_failures(list(groups.values()), score)
+    return {g: r if isinstance(r, GroupScores) else GroupScores(values=[], error=r) for g, r in zip(groups, results)}
 
 
 def _call(backend: ModelBackend, requests: Sequence[ScoreRequest], role: str) -> list[list[float]]:
@@ -81,28 +81,6 @@ def _call(backend: ModelBackend, requests: Sequence[ScoreRequest], role: str) ->
     if len(values) != len(requests):
         raise RuntimeError(f"the backend returned {len(values)} results for {len(requests)} texts")
     return values
-
-
-def _one_by_one(backend: ModelBackend, requests: Sequence[ScoreRequest], groups: list[str], role: str) -> dict[str, GroupScores]:
-    out: dict[str, GroupScores] = {}
-    unsupported: list[Unsupported] = []
-    for group in groups:
-        mine = [r for r in requests if r.group == group]
-        try:
-            out.update(_collect(mine, _call(backend, mine, role)))
-        except ConfigError:
-            raise
-        except Exception as err:  # noqa: BLE001 - recorded as this pair's error, never a score
-            if isinstance(err, Unsupported):
-                unsupported.append(err)
-            out[group] = GroupScores(values=[], error=_failure(err))
-    if len(unsupported) == len(groups):
-        raise unsupported[0]
-    return out
-
-
-def _failure(err: Exception) -> str:
-    return f"scoring failed: {type(err).__name__}: {err}"
 
 
 def _collect(requests: Sequence[ScoreRequest], values: list[list[float]]) -> dict[str, GroupScores]:

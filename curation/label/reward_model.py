@@ -23,10 +23,10 @@ from typing import Any
 import pyarrow as pa
 
 from curation.errors import ConfigError
-from curation.label.base import Labeler, PairView, pair_views
+from curation.label.base import Labeler, PairView, isolate_failures, pair_views
 from curation.label.config import RewardModelConfig
 from curation.models import check_backend
-from curation.models.base import ModelBackend, Unsupported
+from curation.models.base import ModelBackend
 from curation.models.reward_head import reward_head_problem
 
 REWARD_BACKENDS = ("transformers", "vllm")
@@ -38,35 +38,7 @@ def sigmoid(x: float) -> float:
 
 def pair_scores(backend: ModelBackend, views: Sequence[PairView]) -> list[tuple[float, float] | str]:
     """(reward of the chosen, reward of the rejected) per pair, or the error that pair hit."""
-    if not views:
-        return []
-    try:
-        return _score(backend, views)
-    except ConfigError:
-        raise
-    except Exception as err:  # noqa: BLE001 - any backend failure: find the pair(s) that caused it
-        if len(views) > 1:
-            return _one_by_one(backend, views)
-        if isinstance(err, Unsupported):
-            raise
-        return [_failure(err)]
-
-
-def _one_by_one(backend: ModelBackend, views: Sequence[PairView]) -> list[tuple[float, float] | str]:
-    out: list[tuple[float, float] | str] = []
-    unsupported: list[Unsupported] = []
-    for view in views:
-        try:
-            out.extend(_score(backend, [view]))
-        except ConfigError:
-            raise
-        except Exception as err:  # noqa: BLE001 - recorded as this pair's error, never a score
-            if isinstance(err, Unsupported):
-                unsupported.append(err)
-            out.append(_failure(err))
-    if len(unsupported) == len(views):
-        raise unsupported[0]
-    return out
+    return isolate_failures(views, lambda batch: _score(backend, batch))
 
 
 def _score(backend: ModelBackend, views: Sequence[PairView]) -> list[tuple[float, float] | str]:
@@ -79,10 +51,6 @@ def _score(backend: ModelBackend, views: Sequence[PairView]) -> list[tuple[float
         finite = math.isfinite(a) and math.isfinite(b)
         out.append((float(a), float(b)) if finite else f"the reward model returned a non-finite score ({a}, {b})")
     return out
-
-
-def _failure(err: Exception) -> str:
-    return f"scoring failed: {type(err).__name__}: {err}"
 
 
 class RewardModel(Labeler):

@@ -27,7 +27,7 @@ from typing import Any
 
 import polars as pl
 
-from curation.label.base import response_text
+from curation.label.base import render_conversation, response_text
 
 FORMATS = ("label_studio", "argilla", "parquet", "csv")
 TASK_COLUMNS = ["pair_id", "prompt", "response_a", "response_b", "a_is", "source_dataset"]
@@ -64,15 +64,6 @@ def a_is(pair_id: str, seed: int) -> str:
     return "chosen" if digest[0] & 1 == 0 else "rejected"
 
 
-def render_prompt(prompt: list[dict[str, str]] | None) -> str:
-    """The conversation as annotators read it: a single user message as is, else one
-    "Role: text" paragraph per message."""
-    messages = prompt or []
-    if len(messages) == 1 and messages[0]["role"] == "user":
-        return messages[0]["content"]
-    return "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in messages)
-
-
 def task_rows(pairs: pl.DataFrame, seed: int) -> list[dict[str, Any]]:
     """One task per pair: the texts, which response is A, the source."""
     rows = []
@@ -83,7 +74,7 @@ def task_rows(pairs: pl.DataFrame, seed: int) -> list[dict[str, Any]]:
         rows.append(
             {
                 "pair_id": p["pair_id"],
-                "prompt": render_prompt(p["prompt"]),
+                "prompt": render_conversation(p["prompt"] or []),
                 "response_a": a,
                 "response_b": b,
                 "a_is": side,
