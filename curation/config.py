@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from curation.errors import ConfigError
+from curation.errors import ConfigError, repeated
 from curation.filter.config import FilterConfig
 from curation.generate.config import GenerateConfig
 from curation.label.config import PROMPT_FILE_SUFFIXES, LabelConfig
@@ -95,9 +95,7 @@ class RunConfig(Strict):
 
     @model_validator(mode="after")
     def _unique_sources(self) -> RunConfig:
-        names = [s.name for s in self.sources]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
+        if dupes := repeated(s.name for s in self.sources):
             raise ValueError(f"source names must be unique, repeated: {', '.join(dupes)}")
         if not self.sources and (self.generate is None or self.generate.prompts.from_ != "file"):
             raise ValueError("sources: at least one source is needed (or generate.prompts.from: file)")

@@ -7,6 +7,9 @@ tell the user what to fix (file, row, field), with no traceback from inside a li
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
+
 
 class CurationError(Exception):
     """An error that stops the run; its message is shown to the user as is."""
@@ -14,6 +17,11 @@ class CurationError(Exception):
 
 class ConfigError(CurationError):
     """The recipe is invalid."""
+
+
+def repeated(names: Iterable[str]) -> list[str]:
+    """The names that occur more than once, sorted: what a "must be unique" recipe check lists."""
+    return sorted(name for name, n in Counter(names).items() if n > 1)
 
 
 class SourceError(CurationError):

@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from curation.errors import repeated
 from curation.models.config import BackendConfig
 
 STEP_NAME = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
@@ -177,9 +178,7 @@ class FilterConfig(Strict):
 
     @model_validator(mode="after")
     def _unique_names(self) -> FilterConfig:
-        names = [s.stage_name for s in self.steps]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
+        if dupes := repeated(s.stage_name for s in self.steps):
             raise ValueError(f"filter step names must be unique (set name: on repeated kinds), repeated: {', '.join(dupes)}")
         if sum(s.kind == "route" for s in self.steps) > 1:
             raise ValueError("filter: at most one route step")

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from curation.errors import repeated
 from curation.models.config import BackendConfig
 
 LABELER_NAME = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
@@ -171,8 +172,6 @@ class LabelConfig(Strict):
 
     @model_validator(mode="after")
     def _unique_names(self) -> LabelConfig:
-        names = [lab.name for lab in self.labelers]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
+        if dupes := repeated(lab.name for lab in self.labelers):
             raise ValueError(f"labeler names must be unique, repeated: {', '.join(dupes)}")
         return self
