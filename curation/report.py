@@ -42,9 +42,7 @@ def filter_steps(fc: dict[str, Any]) -> list[tuple[str, int]]:
     """The filter stage's part of the funnel: each step's removals, then what is published."""
     steps = [("pairs into the filters", fc["pairs_in"])]
     for stage, s in fc["steps"].items():
-        if not isinstance(s, dict):
-            continue
-        if s.get("filtered"):
+        if s["filtered"]:
             steps.append((f"filtered ({stage})", -s["filtered"]))
     human = fc.get("human_labels", {})
     if human.get("filtered"):
@@ -65,8 +63,7 @@ def reason_rows(f: dict[str, Any]) -> list[tuple[str, str, str, int]]:
     for stage, reasons in f.get("filter", {}).get("filtered_by_reason", {}).items():
         rows += [("filtered", stage, reason, n) for reason, n in reasons.items()]
     for stage, s in f.get("filter", {}).get("steps", {}).items():
-        if isinstance(s, dict):
-            rows += [(outcome, stage, "", s[outcome]) for outcome in ("flipped", "routed") if s.get(outcome)]
+        rows += [(outcome, stage, "", s[outcome]) for outcome in ("flipped", "routed") if s[outcome]]
     return sorted(rows, key=lambda r: -r[3])
 
 

@@ -15,8 +15,6 @@ HISTOGRAM_SCORES = {"margin", "strength_mean", "ches", "ln_ches", "route_score",
 def step_rows(fc: dict[str, Any]) -> list[list[Any]]:
     rows = []
     for stage, s in fc["steps"].items():
-        if not isinstance(s, dict):
-            continue
         reasons = ", ".join(f"{r} {n:,}" for r, n in sorted(s["reasons"].items(), key=lambda x: -x[1])[:3])
         rows.append(
             [
@@ -58,7 +56,7 @@ def _plt() -> Any:
 def steps_png(fc: dict[str, Any]) -> str:
     """Pairs alive after each step (bars), with what each step removed, flipped and routed."""
     plt = _plt()
-    steps = [(k, s) for k, s in fc["steps"].items() if isinstance(s, dict)]
+    steps = list(fc["steps"].items())
     names = ["into filters"] + [k for k, _ in steps]
     alive = [fc["pairs_in"]] + [s["pairs_out"] for _, s in steps]
     fig, ax = plt.subplots(figsize=(7, 0.5 + 0.45 * len(names)), dpi=110)
@@ -81,9 +79,8 @@ def histograms_png(fc: dict[str, Any]) -> str:
     """One small histogram per (step, score) the steps recorded (see ``histogram``)."""
     panels = []
     for stage, s in fc["steps"].items():
-        if isinstance(s, dict):
-            for score, h in (s.get("histograms") or {}).items():
-                panels.append((f"{stage}: {score}", h))
+        for score, h in s["histograms"].items():
+            panels.append((f"{stage}: {score}", h))
     if not panels:
         return ""
     plt = _plt()
@@ -138,7 +135,7 @@ def filter_html(f: dict[str, Any]) -> str:
     )
     out += _table(STEP_HEADER, step_rows(fc)) + steps_png(fc) + histograms_png(fc)
     for stage, s in fc["steps"].items():
-        curve = isinstance(s, dict) and (s.get("summary") or {}).get("curve")
+        curve = s["summary"].get("curve")
         if curve:
             out += f"<h3>Routing ({html.escape(stage)})</h3><p>{curve.get('note', '')}</p>" + routing_png(curve)
     human = fc.get("human_labels")

@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import polars as pl
 
-from curation.filter.base import PairSource, StepContext, StepResult, decisions_frame, label_margins
+from curation.filter.base import PairSource, StepContext, StepResult, decisions_frame, in_sources, pair_margins
 from curation.filter.config import AILabelStep
 
 
 def run(cfg: AILabelStep, pairs: PairSource, labels: pl.DataFrame, ctx: StepContext) -> StepResult:
     frame = pairs.frame(["pair_id", "label_source", "source_dataset"]).filter(pl.col("label_source") == "unlabeled")
-    if cfg.sources is not None:
-        frame = frame.filter(pl.col("source_dataset").is_in(cfg.sources))
-    means = label_margins(labels, cfg.labelers).group_by("pair_id").agg(margin=pl.col("margin").mean())
-    judged = frame.join(means, on="pair_id", how="left", maintain_order="left")
+    judged = in_sources(frame, cfg.sources).join(pair_margins(labels, cfg.labelers), on="pair_id", how="left", maintain_order="left")
     margin = judged["margin"]
     decision = (
         judged.select(

@@ -138,3 +138,13 @@ def label_margins(labels: pl.DataFrame, names: list[str]) -> pl.DataFrame:
         .filter(pl.col("margin").is_finite())
         .select("pair_id", "labeler", "labeler_group", "margin")
     )
+
+
+def pair_margins(labels: pl.DataFrame, names: list[str]) -> pl.DataFrame:
+    """(pair_id, margin): the mean valid margin per pair over the named labelers."""
+    return label_margins(labels, names).group_by("pair_id").agg(pl.col("margin").mean())
+
+
+def in_sources(frame: pl.DataFrame, sources: list[str] | None) -> pl.DataFrame:
+    """The rows of a step's ``sources`` (all rows when it names none)."""
+    return frame if sources is None else frame.filter(pl.col("source_dataset").is_in(sources))

@@ -27,7 +27,7 @@ import numpy as np
 import polars as pl
 
 from curation.errors import ConfigError
-from curation.filter.base import PairSource, StepContext, StepResult, decisions_frame
+from curation.filter.base import PairSource, StepContext, StepResult, decisions_frame, in_sources
 from curation.filter.config import ChesStep
 from curation.label.base import response_text
 from curation.models.base import BackendError, ModelBackend, PooledHidden
@@ -118,8 +118,7 @@ def check(cfg: ChesStep, data_root: str | Path) -> None:
 def selected(frame: pl.DataFrame, sources: list[str] | None, limit: int | None) -> pl.DataFrame:
     """The (pair_id, source_dataset) rows the step scores: only ``sources`` when given, and at
     most the first ``limit`` pairs of each source in pair order."""
-    if sources is not None:
-        frame = frame.filter(pl.col("source_dataset").is_in(sources))
+    frame = in_sources(frame, sources)
     if limit is not None:
         frame = frame.filter(pl.int_range(pl.len()).over("source_dataset") < limit)
     return frame

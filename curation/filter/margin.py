@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from curation.filter.base import PairSource, StepContext, StepResult, decisions_frame, label_margins
+from curation.filter.base import PairSource, StepContext, StepResult, decisions_frame, in_sources, pair_margins
 from curation.filter.config import MarginStep
 
 REASON = "margin_below_threshold"
@@ -37,15 +37,8 @@ def quantile_threshold(margins: np.ndarray, fraction: float) -> float | None:
     return float(np.sort(margins)[min(k, margins.size - 1)])
 
 
-def pair_margins(labels: pl.DataFrame, names: list[str]) -> pl.DataFrame:
-    """(pair_id, margin): the mean valid margin per pair over the named labelers."""
-    return label_margins(labels, names).group_by("pair_id").agg(pl.col("margin").mean())
-
-
 def run(cfg: MarginStep, pairs: PairSource, labels: pl.DataFrame, ctx: StepContext) -> StepResult:
-    frame = pairs.frame(["pair_id", "source_dataset"])
-    if cfg.sources is not None:
-        frame = frame.filter(pl.col("source_dataset").is_in(cfg.sources))
+    frame = in_sources(pairs.frame(["pair_id", "source_dataset"]), cfg.sources)
     frame = frame.join(pair_margins(labels, cfg.labelers), on="pair_id", how="left", maintain_order="left")
 
     mode = "absolute" if cfg.min_margin is not None else "quantile"

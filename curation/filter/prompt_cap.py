@@ -21,19 +21,16 @@ from __future__ import annotations
 
 import polars as pl
 
-from curation.filter.base import PairSource, StepContext, StepResult, decisions_frame, label_margins
+from curation.filter.base import PairSource, StepContext, StepResult, decisions_frame, in_sources, pair_margins
 from curation.filter.config import PromptCapStep
 
 REASON = "prompt_cap"
 
 
 def run(cfg: PromptCapStep, pairs: PairSource, labels: pl.DataFrame, ctx: StepContext) -> StepResult:
-    frame = pairs.frame(["pair_id", "prompt_id", "source_dataset"]).with_row_index("order")
-    if cfg.sources is not None:
-        frame = frame.filter(pl.col("source_dataset").is_in(cfg.sources))
+    frame = in_sources(pairs.frame(["pair_id", "prompt_id", "source_dataset"]).with_row_index("order"), cfg.sources)
     if cfg.keep == "largest_margin":
-        margins = label_margins(labels, cfg.labelers).group_by("pair_id").agg(pl.col("margin").mean())
-        frame = frame.join(margins, on="pair_id", how="left", maintain_order="left")
+        frame = frame.join(pair_margins(labels, cfg.labelers), on="pair_id", how="left", maintain_order="left")
         ranking = [pl.col("margin").is_null(), pl.col("margin"), pl.col("order")]
         descending = [False, True, False]
     else:

@@ -15,6 +15,7 @@ are merged last and override AI labels.
 
 from __future__ import annotations
 
+import importlib
 import json
 import time
 from collections import Counter
@@ -42,6 +43,12 @@ TRACKED = ("label_source", "label_model")  # served from the index, not the file
 SWAP = {"chosen": "rejected", "rejected": "chosen", "chosen_score": "rejected_score", "rejected_score": "chosen_score"}
 
 
+def pair_dtypes(columns: list[str]) -> dict[str, pl.DataType]:
+    """Polars dtypes of pairs-table columns, from the contract."""
+    schema = pl.from_arrow(arrow_schema("pairs").empty_table()).schema
+    return {c: schema[c] for c in columns}
+
+
 class StagedPairs(PairSource):
     """The alive pairs of the staged files, oriented as the steps so far left them."""
 
@@ -53,8 +60,8 @@ class StagedPairs(PairSource):
                 _file=pl.lit(i, pl.Int32), _row=pl.int_range(pl.len(), dtype=pl.Int64)
             )
             parts.append(part)
-        empty = pl.DataFrame(schema={c: t for c, t in zip(INDEX_COLUMNS, [pl.String] * 5 + [pl.String, pl.Int64, pl.Int32])})
-        self.index = (pl.concat(parts) if parts else empty.with_columns(_file=pl.lit(0, pl.Int32), _row=pl.lit(0, pl.Int64))).with_columns(
+        empty = pl.DataFrame(schema={**pair_dtypes(INDEX_COLUMNS), "_file": pl.Int32, "_row": pl.Int64})
+        self.index = (pl.concat(parts) if parts else empty).with_columns(
             alive=pl.lit(True),
             flipped=pl.lit(False),
             preference_strength=pl.lit(None, pl.Float64),
@@ -72,11 +79,7 @@ class StagedPairs(PairSource):
         parts = list(self.batches(columns, 100_000))
         if parts:
             return pl.concat(parts)
-        return self._orient(pl.DataFrame(schema=self._schema(columns)), columns)
-
-    def _schema(self, columns: list[str]) -> dict[str, Any]:
-        schema = pl.from_arrow(arrow_schema("pairs").empty_table()).schema
-        return {c: schema[c] for c in columns}
+        return pl.DataFrame(schema=pair_dtypes(columns))
 
     def batches(self, columns: list[str], size: int) -> Iterator[pl.DataFrame]:
         wanted = [c for c in columns if c not in (*TRACKED, "alive", "flipped")]
@@ -218,18 +221,18 @@ def write_pairs(staged: StagedPairs, path: Path, batch_size: int) -> dict[str, s
             [c for c in schema.names if c not in ("preference_strength", "preference_strength_std")] + ["flipped"], batch_size
         ):
             frame = frame.join(idx, on="pair_id", how="left", maintain_order="left")
-            rows = frame.filter(pl.col("flipped"))
-            if rows.height:
-                new_ids, new_meta = [], []
-                for r in rows.iter_rows(named=True):
-                    _, pid = content_ids(r["prompt"], r["chosen"], r["rejected"])
-                    moved[r["pair_id"]] = pid
-                    new_ids.append(pid)
-                    meta = json.loads(r["metadata"]) if r["metadata"] else {}
-                    meta["flipped"] = {"by": r["flipped_by"], "original_pair_id": r["pair_id"]}
-                    new_meta.append(json.dumps(meta, ensure_ascii=False))
-                fixed = rows.with_columns(pair_id=pl.Series(new_ids), metadata=pl.Series(new_meta, dtype=pl.String))
-                frame = pl.concat([frame.filter(~pl.col("flipped")), fixed])
+            new_ids: dict[str, str] = {}
+            new_meta: dict[str, str] = {}
+            for r in frame.filter(pl.col("flipped")).iter_rows(named=True):
+                new_ids[r["pair_id"]] = moved[r["pair_id"]] = content_ids(r["prompt"], r["chosen"], r["rejected"])[1]
+                meta = json.loads(r["metadata"]) if r["metadata"] else {}
+                meta["flipped"] = {"by": r["flipped_by"], "original_pair_id": r["pair_id"]}
+                new_meta[r["pair_id"]] = json.dumps(meta, ensure_ascii=False)
+            if new_ids:  # in place, so the published order is the staged order
+                frame = frame.with_columns(
+                    pl.col("pair_id").replace(new_ids),
+                    pl.col("pair_id").replace_strict(new_meta, default=pl.col("metadata"), return_dtype=pl.String).alias("metadata"),
+                )
             writer.write_table(frame.select(schema.names).to_arrow().cast(schema))
     return moved
 
@@ -245,10 +248,7 @@ def check(cfg: RunConfig) -> None:
             if name.split("/")[0] not in labelers:
                 known = ", ".join(sorted(labelers)) or "none (the recipe has no label section)"
                 raise ConfigError(f"filter step {step.stage_name!r}: unknown labeler {name!r}; labelers in this recipe: {known}")
-        module = step_function(step.kind).__module__
-        import importlib
-
-        checker = getattr(importlib.import_module(module), "check", None)
+        checker = getattr(importlib.import_module(step_function(step.kind).__module__), "check", None)
         if checker is not None:
             checker(step, cfg.data_root)
 
@@ -295,11 +295,12 @@ def filter_pairs(
     decision_parts: list[pl.DataFrame] = []
     extra_tables: dict[str, pl.DataFrame] = {}
     human = inbox.read_inbox(cfg.data_root, cfg.publish.dataset)
+    known_human = 0  # alive pairs the inbox already labels: not routed again
     try:
         for step in cfg.filter.steps:
             stage = step.stage_name
             if step.kind == "route" and human.height:
-                steps["human_labels_known"] = staged.mark_human(set(human["pair_id"].to_list()))
+                known_human = staged.mark_human(set(human["pair_id"].to_list()))
             t0 = time.perf_counter()
             alive_before = len(staged)
             result: StepResult = step_function(step.kind)(step, staged, staged.oriented_labels(labels), ctx)
@@ -353,24 +354,21 @@ def filter_pairs(
         pq.write_table(table.to_arrow().cast(arrow_schema(name)), path, compression="zstd")
         files[name] = str(path)
     pairs_out = pq.ParquetFile(pairs_path).metadata.num_rows
-    filtered: Counter[str] = Counter()
     by_reason: dict[str, dict[str, int]] = {}
     if decisions is not None:
-        for (stage, decision, reason), n in Counter(
-            zip(decisions["stage"].to_list(), decisions["decision"].to_list(), decisions["reason"].to_list())
-        ).items():
-            if decision == "filtered":
-                by_reason.setdefault(stage, {})[reason] = n
-                filtered[stage] += n
+        dropped = decisions.filter(pl.col("decision") == "filtered")
+        for (stage, reason), n in Counter(zip(dropped["stage"].to_list(), dropped["reason"].to_list())).items():
+            by_reason.setdefault(stage, {})[reason] = n
     counts = {
         "pairs_in": pairs_in,
         "pairs_out": pairs_out,
-        "filtered": sum(filtered.values()),
+        "filtered": sum(n for reasons in by_reason.values() for n in reasons.values()),
         "filtered_by_reason": by_reason,
         "flipped": int(staged.index["flipped"].sum()),
-        "routed": sum(s.get("routed", 0) for s in steps.values() if isinstance(s, dict)),
+        "routed": sum(s["routed"] for s in steps.values()),
         "steps": steps,
         **({"human_labels": {k: v for k, v in merged.items() if k not in ("decisions", "human_labels_file")}} if merged else {}),
+        **({"human_labels_known_at_routing": known_human} if known_human else {}),
     }
     if pairs_in != pairs_out + counts["filtered"]:
         raise CurationError(

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from curation.filter.base import PairSource, StepContext, StepResult, decisions_frame, label_margins
+from curation.filter.base import PairSource, StepContext, StepResult, decisions_frame, in_sources, label_margins
 from curation.filter.config import VotingStep
 
 FLIP_REASON = "ensemble_disagrees"
@@ -137,9 +137,7 @@ def run(cfg: VotingStep, pairs: PairSource, labels: pl.DataFrame, ctx: StepConte
     of a flipped pair, so its ``preference_strength`` is -mu (positive: the voters prefer what
     becomes its chosen response); kept and ambiguous pairs get mu as is.
     """
-    frame = pairs.frame(["pair_id", "source_dataset"])
-    if cfg.sources is not None:
-        frame = frame.filter(pl.col("source_dataset").is_in(cfg.sources))
+    frame = in_sources(pairs.frame(["pair_id", "source_dataset"]), cfg.sources)
     per_pair = strengths(voter_margins(labels, cfg.labelers, frame["pair_id"], cfg.standardise))
     voted = frame.select("pair_id").join(per_pair, on="pair_id", how="inner", maintain_order="left")
     voted = voted.filter(pl.col("votes") >= cfg.min_votes)

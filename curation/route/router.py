@@ -28,7 +28,7 @@ import numpy as np
 import polars as pl
 
 from curation.errors import ConfigError
-from curation.filter.base import PAIR_COLUMNS, PairSource, StepContext, StepResult, decisions_frame
+from curation.filter.base import PAIR_COLUMNS, PairSource, StepContext, StepResult, decisions_frame, in_sources
 from curation.filter.config import RouteStep
 from curation.label.bt_ensemble import fit_bt
 from curation.route.features import FEATURES, PAIR_INPUTS, ai_margin, features, percentile_rank, swap_pairs
@@ -164,8 +164,7 @@ def routing_table(
     step's (``cfg.weights`` or the built-in ones)."""
     frame = pairs if isinstance(pairs, pl.DataFrame) else pairs.frame(PAIR_COLUMNS)
     candidates = frame.filter(pl.col("label_source") != "human") if not cfg.include_human else frame
-    if cfg.sources is not None:
-        candidates = candidates.filter(pl.col("source_dataset").is_in(cfg.sources))
+    candidates = in_sources(candidates, cfg.sources)
     weights = weights if weights is not None else resolve_weights(cfg)
     check_weights(weights)
     feats = features(candidates.select(PAIR_INPUTS), labels, cfg.labelers or None)
@@ -197,7 +196,7 @@ def run(cfg: RouteStep, pairs: PairSource, labels: pl.DataFrame, ctx: StepContex
     weights, weights_from = resolve_weights(cfg), "config" if cfg.weights else "default"
     note = None
     if cfg.learn_from_human:
-        learned, note = _learned(cfg, frame.filter(pl.col("source_dataset").is_in(cfg.sources)) if cfg.sources else frame, labels)
+        learned, note = _learned(cfg, in_sources(frame, cfg.sources), labels)
         if learned is not None:
             weights, weights_from = learned, "learned"
     table = routing_table(cfg, frame, labels, weights)
@@ -236,9 +235,7 @@ def human_curve(cfg: RouteStep, frame: pl.DataFrame, labels: pl.DataFrame, weigh
     """Agreement with people against budget, on the run's human-labelled pairs seen as the AI
     labelled them: route the top share by this step's score (or at random, in expectation) and
     count a routed pair as right. The same measurement as benchmarks/routing_curve.py, in-run."""
-    human = frame.filter(pl.col("label_source") == "human")
-    if cfg.sources is not None:
-        human = human.filter(pl.col("source_dataset").is_in(cfg.sources))
+    human = in_sources(frame.filter(pl.col("label_source") == "human"), cfg.sources)
     oriented, oriented_labels, correct = as_ai_labelled(human, labels, cfg.labelers or None)
     n = oriented.height
     if n < 10:
