@@ -1,4 +1,5 @@
-"""The spine as a Prefect flow: ingest -> validate -> dedup -> [generate] -> publish, one task each.
+"""The spine as a Prefect flow: ingest -> validate -> dedup -> [generate] -> [label] -> [filter] -> publish,
+one task each (one per filter step).
 
 Runs with no Prefect server (ephemeral mode) from the CLI (`curate run`) or from Python
 (`curate_flow("recipes/hh-rlhf-sample.yaml")`); on a server the same flow is deployable.
@@ -83,12 +84,23 @@ def label_task(cfg: RunConfig, run_dir: str, deduped: StageOutput, generated: St
     return labeling.label(cfg, run_dir, pipeline.pairs_to_label(deduped, generated), _progress_for_task())
 
 
-@task(name="filter", cache_policy=NO_CACHE)
-def filter_task(
+@task(name="filter-step", cache_policy=NO_CACHE)
+def filter_step_task(step, pairs, labels, ctx):  # noqa: ANN001, ANN201 - filtering.RunStep
+    return filtering.run_step(step, pairs, labels, ctx)
+
+
+def _step_as_task(step, pairs, labels, ctx):  # noqa: ANN001, ANN202 - filtering.RunStep
+    return filter_step_task.with_options(name=f"filter-{step.stage_name}")(step, pairs, labels, ctx)
+
+
+def filter_stage(
     cfg: RunConfig, run_dir: str, deduped: StageOutput, generated: StageOutput | None, labelled: StageOutput | None
 ) -> StageOutput:
+    """The filter stage in the flow body (it holds the pairs' index between steps); each step
+    runs as its own task, so the Prefect UI shows and times every filter."""
     labels = labelled.files["labels"] if labelled is not None else None
-    return filtering.filter_pairs(cfg, run_dir, pipeline.pairs_to_label(deduped, generated), labels, _progress_for_task())
+    progress = _progress or LogProgress(get_run_logger())
+    return filtering.filter_pairs(cfg, run_dir, pipeline.pairs_to_label(deduped, generated), labels, progress, runner=_step_as_task)
 
 
 @task(name="publish", cache_policy=NO_CACHE)
@@ -134,7 +146,7 @@ def curate_flow(recipe: str, data_root: str | None = None, force: bool = False, 
     deduped = dedup_task(cfg, run_dir, validated)
     generated = generate_task(cfg, run_dir, deduped) if cfg.generate else None
     labelled = label_task(cfg, run_dir, deduped, generated) if cfg.label else None
-    filtered = filter_task(cfg, run_dir, deduped, generated, labelled) if cfg.filter else None
+    filtered = filter_stage(cfg, run_dir, deduped, generated, labelled) if cfg.filter else None
     t0 = time.perf_counter()
     info, funnel = publish_task(cfg, run_dir, ingested, validated, deduped, generated, labelled, filtered)
     timings = {o.stage: o.seconds for o in (ingested, validated, deduped, generated, labelled, filtered) if o is not None}

@@ -19,7 +19,7 @@ import importlib
 import json
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -275,10 +275,24 @@ def read_labels(labels_file: str | None) -> pl.DataFrame:
     return pl.DataFrame(schema={c: schema[c] for c in LABEL_COLUMNS})
 
 
+RunStep = Callable[[Any, PairSource, pl.DataFrame, StepContext], StepResult]
+
+
+def run_step(step: Any, pairs: PairSource, labels: pl.DataFrame, ctx: StepContext) -> StepResult:
+    """One step's pure function on the pairs as they stand."""
+    return step_function(step.kind)(step, pairs, labels, ctx)
+
+
 def filter_pairs(
-    cfg: RunConfig, run_dir: str | Path, pair_files: list[str], labels_file: str | None, progress: Progress | None = None
+    cfg: RunConfig,
+    run_dir: str | Path,
+    pair_files: list[str],
+    labels_file: str | None,
+    progress: Progress | None = None,
+    runner: RunStep = run_step,
 ) -> StageOutput:
-    """Run the recipe's filter steps over the staged pairs; write pairs, decisions, routing."""
+    """Run the recipe's filter steps over the staged pairs; write pairs, decisions, routing.
+    ``runner`` calls each step (the Prefect flow passes one that runs it as a task)."""
     if cfg.filter is None:
         raise CurationError("the recipe has no filter section")
     from curation.route import inbox
@@ -303,7 +317,7 @@ def filter_pairs(
                 known_human = staged.mark_human(set(human["pair_id"].to_list()))
             t0 = time.perf_counter()
             alive_before = len(staged)
-            result: StepResult = step_function(step.kind)(step, staged, staged.oriented_labels(labels), ctx)
+            result: StepResult = runner(step, staged, staged.oriented_labels(labels), ctx)
             result.check(stage)
             decision_parts.append(decision_rows(stage, result, staged.index))
             staged.apply(stage, result)
