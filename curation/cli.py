@@ -234,6 +234,8 @@ def _print_run_result(result: dict, data_root: str) -> None:
         f"Next:    curate sql 'SELECT label_source, count(*) FROM \"{name}\".pairs GROUP BY 1'\n"
         f"         curate export {name} --format trl --out exports/{name}"
     )
+    if result.get("funnel", {}).get("filter", {}).get("routed"):
+        console.print(f"         curate route export {name} --out queue/{name}   # the pairs routed to people, as annotation tasks")
 
 
 @app.command()
