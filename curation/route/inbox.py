@@ -132,12 +132,16 @@ def import_labels(data_root: str | Path, dataset: str, files: list[str | Path]) 
     pairs = pl.from_arrow(store.read(dataset, "pairs", version=latest.version))
     out, decisions, rows = merge(pairs, read_inbox(data_root, dataset))
     summary = _summary(decisions, rows)
-    tables: dict[str, Any] = {name: store.scan(dataset, name, version=latest.version) for name in latest.tables}
-    tables["pairs"] = out.to_arrow().cast(arrow_schema("pairs"))
+    tables: dict[str, Any] = {
+        "pairs": out.to_arrow().cast(arrow_schema("pairs")),
+        INBOX: rows.to_arrow().cast(arrow_schema("human_labels")),
+    }
     if decisions.height:
         new = _to_decisions_table(_decision_rows(decisions, pairs))
         tables["decisions"] = pa.concat_tables([store.read(dataset, "decisions", version=latest.version), new])
-    tables[INBOX] = rows.to_arrow().cast(arrow_schema("human_labels"))
+    for name in latest.tables:  # the rest carried over as they are, streamed
+        if name not in tables:
+            tables[name] = store.scan(dataset, name, version=latest.version)
     counts = dict(latest.counts)
     if "filter" in counts:
         fc = counts["filter"]
