@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -198,10 +199,12 @@ def run(
     force: bool = typer.Option(False, "--force", help="Publish a new version even if config and inputs are unchanged."),
     keep_staging: bool = typer.Option(False, "--keep-staging", help="Keep the run folder's staged Parquet files."),
 ) -> None:
-    """Run a recipe: ingest -> validate -> dedup -> [generate] -> publish a new dataset version.
+    """Run a recipe: ingest -> validate -> dedup (-> generate -> label -> filter) -> publish a new dataset version.
 
-    Prints the funnel and where the dataset and its report are. Runs as a Prefect flow
-    (no server needed) unless --local.
+    Prints the funnel and where the dataset and its report are. Runs as a Prefect flow (no
+    server needed; with PREFECT_API_URL set, the run shows in that server's UI) on the task
+    runner the recipe's orchestration section names, unless --local. Stages whose inputs and
+    settings did not change since an earlier flow run are reused from the stage cache.
     """
     from dataclasses import asdict
 
@@ -215,11 +218,100 @@ def run(
         result = asdict(curate(cfg, progress=progress, force=force, keep_staging=keep_staging))
     else:
         os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-        from flows.curate import curate_flow, set_progress
+        from flows.curate import run_recipe, set_progress
 
+        _one_line_curation_errors()
         set_progress(progress)
-        result = curate_flow(str(recipe), data_root=cfg.data_root, force=force, keep_staging=keep_staging)
+        result = run_recipe(str(recipe), data_root=cfg.data_root, force=force, keep_staging=keep_staging)
+        if result.get("cached"):
+            err_console.print(f"reused from the stage cache: {', '.join(result['cached'])}")
     _print_run_result(result, cfg.data_root)
+
+
+class _NoCurationTraceback(logging.Filter):
+    """On the console, a CurationError that Prefect logs for a failed task or flow keeps its
+    message and loses its traceback: the message says what to fix, and `friendly` prints it
+    again as the command's error. The run's logs in the Prefect UI keep the traceback (the API
+    handler sits on the run loggers and sees the record first)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], CurationError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _one_line_curation_errors() -> None:
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _NoCurationTraceback) for f in handler.filters):
+            handler.addFilter(_NoCurationTraceback())
+
+
+CronOption = typer.Option(
+    None, "--cron", help='Cron schedule, e.g. "0 3 * * *" (03:00 daily); repeat for several. None: runs only when triggered.'
+)
+TimezoneOption = typer.Option("UTC", "--timezone", help="IANA timezone of the cron schedules (e.g. Europe/Paris).")
+
+
+@app.command()
+@friendly
+def serve(
+    recipes: list[Path] = typer.Argument(..., help="Recipe YAML file(s); one deployment each, named after its dataset."),
+    cron: list[str] | None = CronOption,
+    timezone: str = TimezoneOption,
+    name: str | None = typer.Option(None, "--name", help="Deployment name (one recipe only; default: the dataset name)."),
+    limit: int | None = typer.Option(None, "--limit", help="At most this many runs at once in this process."),
+    data_root: str | None = DataRoot,
+) -> None:
+    """Serve the recipes as scheduled Prefect deployments from this one long-running process.
+
+    Registers a deployment of the flow `curate-recipe` per recipe with the Prefect server at
+    PREFECT_API_URL (start one with `prefect server start`), then runs their scheduled runs
+    and the ones you trigger, each in a subprocess, until Ctrl-C (which pauses the schedules).
+    Trigger a run with `prefect deployment run 'curate-recipe/NAME'`. For runs started by
+    workers of a work pool instead, see `curate deploy` and prefect.yaml.
+
+      curate serve recipes/hh-rlhf-sample.yaml --cron "0 3 * * *"
+    """
+    from flows.deployments import require_server, serve_recipes
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    url = require_server("curate serve")
+    err_console.print(f"serving {len(recipes)} deployment(s) of curate-recipe on {url} (Ctrl-C stops)")
+    serve_recipes(recipes, cron=cron or [], timezone=timezone, name=name, data_root=data_root, limit=limit)
+
+
+@app.command()
+@friendly
+def deploy(
+    recipe: Path = typer.Argument(..., help="Recipe YAML file to deploy."),
+    pool: str = typer.Option(..., "--pool", help="Work pool whose workers run it (e.g. a process pool)."),
+    cron: list[str] | None = CronOption,
+    timezone: str = TimezoneOption,
+    name: str | None = typer.Option(None, "--name", help="Deployment name (default: the dataset name)."),
+    data_root: str | None = DataRoot,
+) -> None:
+    """Register the recipe as a Prefect deployment on a work pool, with this checkout as its code.
+
+    Needs a Prefect server (PREFECT_API_URL) and a work pool; on one machine a process pool:
+
+      prefect work-pool create curation --type process
+      curate deploy recipes/hh-rlhf-sample.yaml --pool curation --cron "0 3 * * *"
+      prefect worker start --pool curation
+
+    The repository's prefect.yaml declares the standard deployments for `prefect deploy --all`.
+    """
+    from flows.deployments import deploy_recipe
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    full_name, deployment_id = deploy_recipe(recipe, pool=pool, cron=cron or [], timezone=timezone, name=name, data_root=data_root)
+    console.print(f"Deployed [bold]{full_name}[/] ({deployment_id}) on work pool {pool!r}")
+    console.print(f"Run it now: prefect deployment run '{full_name}'\nWorkers:    prefect worker start --pool {pool}")
+
+
+def _store_location(data_root: str, name: str) -> str:
+    from curation.store import DatasetStore
+
+    return DatasetStore(data_root).location(name)
 
 
 def _print_run_result(result: dict, data_root: str) -> None:
@@ -228,7 +320,7 @@ def _print_run_result(result: dict, data_root: str) -> None:
         console.print(f"[bold]{name} v{version}[/] was built from this config and these inputs: nothing to do (use --force to republish).")
     else:
         print_funnel(result)
-    console.print(f"Dataset: [bold]{name}@{version}[/] in {Path(data_root).resolve() / 'datasets' / name}")
+    console.print(f"Dataset: [bold]{name}@{version}[/] in {_store_location(data_root, name)}")
     console.print(f"Report:  {(Path(result['report_dir']) / 'report.html').resolve()}")
     console.print(
         f"Next:    curate sql 'SELECT label_source, count(*) FROM \"{name}\".pairs GROUP BY 1'\n"
@@ -308,7 +400,7 @@ def datasets_list(data_root: str | None = DataRoot) -> None:
     store = DatasetStore(_root(data_root))
     names = store.datasets()
     if not names:
-        console.print(f"No datasets in {Path(_root(data_root)).resolve()} yet. Publish one with: curate run RECIPE.yaml")
+        console.print(f"No datasets in {store.root} yet. Publish one with: curate run RECIPE.yaml")
         return
     table = Table(show_header=True)
     for col in ("dataset", "versions", "latest", "created (UTC)", "pairs", "quarantine", "decisions", "config"):
@@ -522,16 +614,24 @@ def route_import(
 
 @app.command()
 @friendly
-def report(ref: str = typer.Argument(..., help="NAME or NAME@VERSION"), data_root: str | None = DataRoot) -> None:
-    """Print where a version's HTML report is (open it in a browser)."""
-    from curation.store import DatasetStore
+def report(
+    ref: str = typer.Argument(..., help="NAME or NAME@VERSION (latest version by default)"),
+    data_root: str | None = DataRoot,
+    no_open: bool = typer.Option(False, "--no-open", help="Only print the report's path; do not open a browser."),
+    rebuild: bool = typer.Option(False, "--rebuild", help="Write the report again from the version's summary first."),
+) -> None:
+    """Open a version's self-contained HTML report (funnel, timings, histograms, agreement).
+
+    Prints the report's path on the first line; opens it in a browser when this terminal has
+    one (a desktop session or $BROWSER), never on a server or in a pipe.
+    """
+    from curation.report_open import find_report, open_in_browser
 
     name, version = parse_ref(ref)
-    v = DatasetStore(_root(data_root)).version(name, version)
-    path = Path(_root(data_root)) / "datasets" / name / "reports" / f"v{v.version}" / "report.html"
-    if not path.exists():
-        raise CurationError(f"no report for {name}@{v.version} at {path}")
-    console.print(str(path.resolve()))
+    path = find_report(_root(data_root), name, version, rebuild=rebuild).resolve()
+    print(path)
+    if not no_open and open_in_browser(path):
+        err_console.print("opened in your browser")
 
 
 def main() -> None:

@@ -79,6 +79,24 @@ class PublishConfig(Strict):
         return check_dataset_name(v)
 
 
+class OrchestrationConfig(Strict):
+    """Where the flow's tasks run. Not part of the config hash: the same recipe gives the same
+    dataset version on the local runner and on Ray."""
+
+    task_runner: Literal["local", "ray"] = Field(
+        default="local", description="local: Prefect's thread pool; ray: Prefect's Ray task runner"
+    )
+    ray_address: str | None = Field(
+        default=None, description="ray: an existing cluster ('auto', 'ray://head:10001'); empty starts a local Ray instance for the run"
+    )
+    ray_init: dict[str, Any] = Field(default_factory=dict, description="ray: extra ray.init() arguments (num_cpus, runtime_env, ...)")
+
+
+def is_url(root: str | Path) -> bool:
+    """An object-store data root (s3://bucket/prefix) rather than a local folder."""
+    return "://" in str(root)
+
+
 class RunConfig(Strict):
     """A whole recipe: ``curate run recipe.yaml``."""
 
@@ -89,7 +107,15 @@ class RunConfig(Strict):
     generate: GenerateConfig | None = Field(default=None, description="generate candidates for the kept prompts (optional)")
     label: LabelConfig | None = Field(default=None, description="label the kept and generated pairs with AI labelers (optional)")
     filter: FilterConfig | None = Field(default=None, description="noise filters and human routing over the labelled pairs (optional)")
-    data_root: str = Field(default="data", description="where datasets, runs and caches live (relative to the working directory)")
+    data_root: str = Field(
+        default="data",
+        description="where datasets live: a folder (relative to the working directory) or an object-store URL (s3://bucket/prefix)",
+    )
+    work_dir: str | None = Field(
+        default=None,
+        description="local folder for runs, caches and converted models; default: the data root when it is a folder, else ./data",
+    )
+    orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
     batch_size: int = Field(default=5_000, ge=1)
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -105,6 +131,8 @@ class RunConfig(Strict):
         """What determines the dataset's content (not where it is written)."""
         d = self.model_dump(mode="json", by_alias=True)
         d.pop("data_root", None)
+        d.pop("work_dir", None)
+        d.pop("orchestration", None)
         d.pop("batch_size", None)
         if d.get("generate") is None:
             d.pop("generate", None)  # recipes without generation keep the hash they had
@@ -120,6 +148,13 @@ class RunConfig(Strict):
         else:
             d["label"].pop("chunk_size", None)
         return d
+
+    @property
+    def work_root(self) -> str:
+        """The local folder for staging, request caches and models (never an object store)."""
+        if self.work_dir is not None:
+            return self.work_dir
+        return "data" if is_url(self.data_root) else self.data_root
 
     def config_hash(self) -> str:
         blob = json.dumps(self.content_dict(), sort_keys=True, separators=(",", ":"))
@@ -186,5 +221,5 @@ def load_config(path: str | Path, *, data_root: str | None = None) -> RunConfig:
         raise ConfigError(f"cannot parse recipe {path}: {err}") from None
     cfg = parse_config(data, where=str(path), base_dir=path.resolve().parent)
     if data_root is not None:
-        cfg.data_root = str(Path(data_root).resolve())
+        cfg.data_root = data_root if is_url(data_root) else str(Path(data_root).resolve())
     return cfg

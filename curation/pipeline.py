@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from curation import __version__, accounting, stages
-from curation.config import RunConfig
+from curation.config import RunConfig, is_url
 from curation.filter import stage as filtering
 from curation.generate import stage as generation
 from curation.ingest.readers import open_source
@@ -54,22 +54,28 @@ def code_version() -> str:
 
 def new_run_dir(cfg: RunConfig) -> Path:
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    run_dir = Path(cfg.data_root) / "runs" / f"{stamp}-{cfg.publish.dataset}-{uuid.uuid4().hex[:6]}"
+    run_dir = Path(cfg.work_root) / "runs" / f"{stamp}-{cfg.publish.dataset}-{uuid.uuid4().hex[:6]}"
     run_dir.mkdir(parents=True, exist_ok=False)
     return run_dir
 
 
-def input_fingerprints(cfg: RunConfig) -> list[dict]:
-    """Fingerprints of every input, read before any work so an unchanged run costs one hash."""
+def source_fingerprints(cfg: RunConfig) -> list[dict]:
+    """Fingerprints of the sources' files (what the ingest stage reads; the flow's stage cache keys on them)."""
     limits = cfg.validate_
     fps = []
     for src in cfg.sources:
         for reader in open_source(src, max_row_bytes=limits.max_row_bytes, raw_limit_bytes=limits.raw_limit_bytes):
             fps.append({"source": src.name, **reader.fingerprint()})
-    if cfg.filter is not None:  # completed human labels merged by the filter stage are inputs too
-        from curation.route.inbox import fingerprints
+    return fps
 
-        fps += fingerprints(cfg.data_root, cfg.publish.dataset)
+
+def input_fingerprints(cfg: RunConfig) -> list[dict]:
+    """Fingerprints of every input, read before any work so an unchanged run costs one hash."""
+    fps = source_fingerprints(cfg)
+    if cfg.filter is not None:  # completed human labels merged by the filter stage are inputs too
+        from curation.route.inbox import fingerprints, inbox_root
+
+        fps += fingerprints(inbox_root(cfg), cfg.publish.dataset)
     return fps
 
 
@@ -77,7 +83,10 @@ def find_unchanged(cfg: RunConfig, store: DatasetStore) -> VersionInfo | None:
     """The latest version if it was built from this exact config and these exact inputs."""
     if cfg.publish.dataset not in store.datasets():
         return None
-    latest = store.version(cfg.publish.dataset)
+    versions = store.versions(cfg.publish.dataset)
+    if not versions:  # a first publish was killed before its commit: a catalog with no version
+        return None
+    latest = versions[-1]
     if latest.config_hash != cfg.config_hash():
         return None
     return latest if _same_inputs(latest.inputs, input_fingerprints(cfg)) else None
@@ -136,9 +145,9 @@ def publish(
 
 
 def inbox_fingerprints(cfg: RunConfig) -> list[dict]:
-    from curation.route.inbox import fingerprints
+    from curation.route.inbox import fingerprints, inbox_root
 
-    return fingerprints(cfg.data_root, cfg.publish.dataset)
+    return fingerprints(inbox_root(cfg), cfg.publish.dataset)
 
 
 def check_models(cfg: RunConfig) -> None:
@@ -153,7 +162,10 @@ def pairs_to_label(deduped: StageOutput, generated: StageOutput | None) -> list[
 
 
 def report_dir(cfg: RunConfig, version: int) -> Path:
-    return Path(cfg.data_root) / "datasets" / cfg.publish.dataset / "reports" / f"v{version}"
+    """Beside the version; for an object-store root, a local copy under the work root
+    (``finish_run`` uploads it beside the version)."""
+    root = cfg.work_root if is_url(cfg.data_root) else cfg.data_root
+    return Path(root) / "datasets" / cfg.publish.dataset / "reports" / f"v{version}"
 
 
 def curate(cfg: RunConfig, *, progress: Progress | None = None, force: bool = False, keep_staging: bool = False) -> RunResult:
@@ -190,6 +202,8 @@ def finish_run(
     out = report_dir(cfg, info.version)
     summary = version_summary(info, cfg.data_root, run_dir.name, funnel, timings)
     write_report(summary, out)
+    if is_url(cfg.data_root):
+        DatasetStore(cfg.data_root).put_files(info.dataset, f"reports/v{info.version}", out)
     shutil.copy2(out / "summary.json", run_dir / "summary.json")
     if not keep_staging:
         for staged in run_dir.glob("*.parquet"):
@@ -213,10 +227,13 @@ def version_summary(
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "tables": info.tables,
         "inputs": info.inputs,
-        "data_root": str(Path(data_root).resolve()),
+        "data_root": str(data_root) if is_url(data_root) else str(Path(data_root).resolve()),
     }
 
 
 def unchanged_result(cfg: RunConfig, info: VersionInfo) -> RunResult:
     out = report_dir(cfg, info.version)
+    if not is_url(cfg.data_root) and not (out / "report.html").is_file():
+        # the run that published this version was killed after its commit, before its report
+        write_report(version_summary(info, cfg.data_root, info.run_id, info.counts, {}), out)
     return RunResult(info.dataset, info.version, True, info.counts, {}, "", str(out), {"dataset": info.dataset, "version": info.version})

@@ -110,7 +110,7 @@ def connect(
                     file=sys.stderr,
                 )
         elif dataset not in published:
-            store.dataset_dir(dataset)  # an invalid name is a ConfigError, not "not found"
+            store.check_name(dataset)  # an invalid name is a ConfigError, not "not found"
             raise DatasetNotFound(f"no published dataset named {dataset!r} under {store.root}; published: {have}")
         _views(con, "main", store.pick(published[dataset], dataset, version))
         _load(con, "versions", _versions_table(published[dataset]))

@@ -1,16 +1,44 @@
-"""The run report: ``summary.json`` for machines, ``report.html`` (with the funnel plot)
-for people. The HTML is self-contained (the plot is embedded) so it can be mailed or
-attached to a Prefect run as is.
+"""The run report: ``summary.json`` for machines, ``report.html`` for people.
+
+``report.html`` is one self-contained file: every figure is a PNG inside a ``data:`` URI and
+the style sheet is inline, with no external CSS, JS, fonts or links, so it can be mailed,
+attached to a Prefect run, or opened from an object store. Sections appear only for the stages
+that ran: funnel, stage timings, reasons, generation (diversity per strategy), labels (margins,
+agreement with humans and between labelers), filters (score histograms), sources and inputs.
+Every piece of text from the summary is escaped. The report shows only what the summary holds:
+no config values, so no API key (recipes name the environment variable, never the key).
+
+The sections live in ``report_generation``, ``report_labels`` and ``report_filters``; this
+module assembles them.
 """
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
+import os
+import re
 from pathlib import Path
 from typing import Any
+
+from curation.report_filters import filter_section
+from curation.report_generation import GENERATION_HEADER, generation_rows, generation_section
+from curation.report_labels import AGREEMENT_HEADER, LABELER_HEADER, agreement_rows, label_extras, labeler_rows, labels_sections
+from curation.report_plots import BLUE, RED, Section, img, plt, png_bytes, table
+
+__all__ = [
+    "AGREEMENT_HEADER",
+    "GENERATION_HEADER",
+    "LABELER_HEADER",
+    "agreement_rows",
+    "funnel_png",
+    "funnel_steps",
+    "generation_rows",
+    "labeler_rows",
+    "reason_rows",
+    "render_html",
+    "write_report",
+]
 
 
 def funnel_steps(f: dict[str, Any]) -> list[tuple[str, int]]:
@@ -68,208 +96,148 @@ def reason_rows(f: dict[str, Any]) -> list[tuple[str, str, str, int]]:
 
 
 def funnel_png(f: dict[str, Any]) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     steps = funnel_steps(f)
     labels = [s[0] for s in steps][::-1]
     values = [abs(s[1]) for s in steps][::-1]
-    colors = ["#c0392b" if s[1] < 0 else "#2e86c1" for s in steps][::-1]
-    fig, ax = plt.subplots(figsize=(7, 3.4), dpi=110)
+    colors = [RED if s[1] < 0 else BLUE for s in steps][::-1]
+    fig, ax = plt().subplots(figsize=(7, 1.0 + 0.26 * len(steps)), dpi=110)
     bars = ax.barh(labels, values, color=colors)
     ax.bar_label(bars, labels=[f"{v:,}" for v in values], padding=3, fontsize=8)
     ax.set_xlabel("rows / pairs")
     ax.set_title("Curation funnel (red: removed at that step)")
     ax.set_xlim(0, max(values + [1]) * 1.15)
+    ax.tick_params(axis="y", labelsize=8)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig)
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+def _funnel_section(f: dict[str, Any], png: bytes) -> Section:
+    steps = table(["step", "count"], [[k, f"{abs(v):,}"] for k, v in funnel_steps(f)], cls="narrow")
+    return Section("funnel", "Funnel", img(png, "funnel") + steps)
 
 
-def generation_rows(g: dict[str, Any]) -> list[list[Any]]:
-    """Per strategy: what it cost and how diverse its candidate sets are (i.i.d. is the yardstick)."""
-    rows = []
-    for name, cost in g["strategies"].items():
-        d = g["diversity"].get(name, {})
-        label = f"{name} (published)" if name == g["strategy"] else name
-        rows.append(
-            [
-                label,
-                f"{cost['candidates']}" + (f" ({cost['fallback']} i.i.d. fallback)" if cost.get("fallback") else ""),
-                f"{cost['requests_sent']} / {cost['requests_reused']}",
-                cost["completion_tokens"],
-                d.get("mean_cosine_distance"),
-                d.get("distinct_1"),
-                d.get("distinct_2"),
-                d.get("mean_words"),
-            ]
-        )
-    return rows
-
-
-GENERATION_HEADER = ["strategy", "candidates", "requests sent / reused", "tokens", "cosine distance", "distinct-1", "distinct-2", "words"]
-
-
-def _generation_html(f: dict[str, Any]) -> str:
-    if "generated" not in f:
-        return ""
-    g = f["generated"]
-    b = g["backend"]
-    return (
-        f"<h2>Generation</h2><p>{g['prompts']} prompts, {g['params']['n']} candidates each, model "
-        f"<code>{html.escape(str(b.get('model')))}</code> on <code>{html.escape(str(b.get('backend')))}</code>; "
-        "diversity is the mean over prompts of the candidate set's mean pairwise cosine distance and distinct-n "
-        "(higher is more diverse).</p>" + _table(GENERATION_HEADER, generation_rows(g))
-    )
-
-
-AGREEMENT_HEADER = ["labeler", "kind", "pairs", "accuracy", "95% CI", "ties", "invalid", "position consistency"]
-LABELER_HEADER = ["labeler", "kind", "models", "pairs", "label rows", "A / B / tie / invalid", "seconds"]
-
-
-def _pct(x: float | None) -> str:
-    return "" if x is None else f"{100 * x:.1f}%"
-
-
-def agreement_rows(labels: dict[str, Any]) -> list[list[Any]]:
-    """Per labeler: agreement with the human labels (ties and invalid labels apart)."""
-    return [
-        [
-            r["labeler"],
-            r["kind"],
-            r["n"],
-            _pct(r["accuracy"]),
-            f"{_pct(r['ci_low'])} - {_pct(r['ci_high'])}" if r.get("ci_low") is not None else "",
-            _pct(r["tie_rate"]),
-            _pct(r["invalid_rate"]),
-            _pct(r.get("consistency_rate")),
-        ]
-        for r in labels.get("agreement", [])
-    ]
-
-
-def labeler_rows(labels: dict[str, Any]) -> list[list[Any]]:
-    rows = []
-    for name, c in labels["labelers"].items():
-        v = c["verdicts"]
-        rows.append(
-            [
-                name,
-                c["kind"],
-                ", ".join(c["models"]),
-                c["pairs"],
-                c["rows"],
-                f"{v.get('A', 0)} / {v.get('B', 0)} / {v.get('tie', 0)} / {v.get('invalid', 0)}",
-                f"{c['seconds']:.1f}",
-            ]
-        )
-    return rows
-
-
-def calibration_png(labels: dict[str, Any]) -> bytes | None:
-    """P(agree with the human) per |margin| quantile bin, one line per labeler."""
-    curves: dict[str, list[tuple[int, float]]] = {}
-    for r in labels.get("calibration", []):
-        if r.get("accuracy") is not None:
-            curves.setdefault(r["labeler"], []).append((r["bin"], r["accuracy"]))
-    if not curves:
+def _timings_section(timings: dict[str, float]) -> Section | None:
+    """Seconds per stage, with a bar drawn in HTML (a figure would be overkill for 4-7 numbers)."""
+    if not timings:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.4), dpi=110)
-    for name, points in sorted(curves.items()):
-        xs, ys = zip(*sorted(points))
-        ax.plot(xs, ys, marker="o", label=name)
-    ax.axhline(0.5, color="#999", linestyle="--", linewidth=1)
-    ax.set_xlabel("|margin| quantile bin (0 = smallest margins)")
-    ax.set_ylabel("P(agrees with human)")
-    ax.set_ylim(0, 1)
-    ax.set_title("Calibration: agreement with human labels against margin")
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def _labels_html(f: dict[str, Any]) -> str:
-    if "labels" not in f:
-        return ""
-    labels = f["labels"]
-    out = "<h2>Labels</h2><p>One row per (pair, labeler) in the <code>labels</code> table; slot A is the pair's chosen response.</p>"
-    out += _table(LABELER_HEADER, labeler_rows(labels))
-    out += (
-        "<h2>Agreement with human labels</h2><p>Over the human-labelled pairs each labeler labelled: accuracy = agree / "
-        "(agree + disagree), ties and invalid labels reported apart; bootstrap 95% interval. Per source and per |margin| bin: "
-        '<code>curate sql "SELECT * FROM agreement"</code>.</p>'
+    total = sum(timings.values())
+    top = max(timings.values()) or 1.0
+    rows = "".join(
+        f"<tr><td>{html.escape(k)}</td><td class='num'>{v:,.2f}</td><td class='num'>{100 * v / total if total else 0:.0f}%</td>"
+        f"<td class='barcell'><div class='bar' style='width:{100 * v / top:.1f}%'></div></td></tr>"
+        for k, v in timings.items()
     )
-    out += _table(AGREEMENT_HEADER, agreement_rows(labels)) if labels.get("agreement") else "<p>No human-labelled pair was labelled.</p>"
-    png = calibration_png(labels)
-    if png:
-        out += f'<img alt="calibration" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
-    return out
+    rows += f"<tr class='total'><td>total</td><td class='num'>{total:,.2f}</td><td class='num'>100%</td><td></td></tr>"
+    return Section(
+        "timings",
+        "Stage timings",
+        '<div class="scroll"><table class="narrow"><thead><tr><th>stage</th><th>seconds</th><th>share</th>'
+        f'<th class="barcell"></th></tr></thead><tbody>{rows}</tbody></table></div>',
+    )
+
+
+def _reasons_section(f: dict[str, Any]) -> Section:
+    reasons = reason_rows(f)
+    body = table(["outcome", "stage", "reason", "count"], [list(r) for r in reasons]) if reasons else "<p>None.</p>"
+    return Section("reasons", "Filtered and quarantined, by reason", body)
+
+
+def _sources_section(f: dict[str, Any]) -> Section:
+    return Section(
+        "sources",
+        "Sources",
+        table(
+            ["source", "rows in", "quarantined", "filtered", "rows with pairs", "pairs"],
+            [
+                [n, c["rows_in"], sum(c["quarantined"].values()), sum(c["filtered"].values()), c["rows_with_pairs"], c["pairs_out"]]
+                for n, c in f["sources"].items()
+            ],
+        ),
+    )
+
+
+_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+def redact(location: Any) -> str:
+    """An input's path or URL without credentials: ``user:secret@`` and a query string (a
+    presigned URL's signature) are cut."""
+    text = str(location or "")
+    return _USERINFO.sub("", text.split("?", 1)[0]) if "://" in text else text
+
+
+def _inputs_section(inputs: list[dict[str, Any]]) -> Section:
+    return Section(
+        "inputs",
+        "Inputs",
+        table(
+            ["source", "file", "bytes", "sha256"],
+            [
+                [
+                    i.get("source"),
+                    redact(i.get("path") or i.get("id")),
+                    i.get("bytes", ""),
+                    (i.get("sha256") or i.get("fingerprint") or "")[:16],
+                ]
+                for i in inputs
+            ],
+        ),
+    )
+
+
+STYLE = """
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:70rem;margin:1.5rem auto;padding:0 1rem;color:#222;line-height:1.4}
+h1{margin-bottom:.2rem}h2{border-bottom:2px solid #e5e5e5;padding-bottom:.2rem;margin-top:2rem}h3{margin-bottom:.3rem}
+.meta{color:#555;font-size:.9rem;margin-top:0}
+.scroll{overflow-x:auto;max-width:100%}
+table{border-collapse:collapse;margin:.5rem 0 1.2rem;font-size:.9rem}td,th{border:1px solid #ccc;padding:.25rem .6rem;text-align:left;vertical-align:top;white-space:pre-line}
+th{background:#f2f2f2}td.num{text-align:right}table.matrix td.num{text-align:center;min-width:3.5rem}table.matrix td.diag{color:#aaa}
+table.matrix small{color:#555}tr.total td{font-weight:600}
+td.barcell,th.barcell{width:16rem}.bar{background:#2e86c1;height:.8rem;min-width:1px}
+code{background:#f6f6f6;padding:0 .2rem}img{max-width:100%;height:auto;display:block;margin:.5rem 0}
+nav.toc{background:#f8f8f8;border:1px solid #e5e5e5;padding:.4rem 1rem;display:inline-block}nav.toc ol{margin:.3rem 0;padding-left:1.3rem}
+details{margin-bottom:1rem}
+"""
+
+
+def sections(summary: dict[str, Any], png: bytes) -> list[Section]:
+    """The report's sections in reading order; stages that did not run have none."""
+    f = summary["funnel"]
+    out: list[Section | None] = [
+        _funnel_section(f, png),
+        _timings_section(summary.get("timings_s") or {}),
+        _reasons_section(f),
+        generation_section(f),
+        *labels_sections(f),
+        filter_section(f),
+        _sources_section(f),
+        _inputs_section(summary.get("inputs") or []),
+    ]
+    return [s for s in out if s is not None]
+
+
+def title(summary: dict[str, Any]) -> str:
+    return f"{summary['dataset']}@{summary['version']}"
 
 
 def render_html(summary: dict[str, Any], png: bytes) -> str:
-    from curation.report_filters import filter_html
-
     f = summary["funnel"]
-    img = base64.b64encode(png).decode()
-    steps = _table(["step", "count"], [[k, f"{abs(v):,}"] for k, v in funnel_steps(f)])
-    reasons = reason_rows(f)
-    reasons_html = _table(["outcome", "stage", "reason", "count"], [list(r) for r in reasons]) if reasons else "<p>None.</p>"
-    sources = _table(
-        ["source", "rows in", "quarantined", "filtered", "rows with pairs", "pairs"],
-        [
-            [n, c["rows_in"], sum(c["quarantined"].values()), sum(c["filtered"].values()), c["rows_with_pairs"], c["pairs_out"]]
-            for n, c in f["sources"].items()
-        ],
-    )
-    timings = _table(["stage", "seconds"], [[k, f"{v:.2f}"] for k, v in summary.get("timings_s", {}).items()])
-    inputs = _table(
-        ["source", "file", "bytes", "sha256"],
-        [
-            [i.get("source"), i.get("path") or i.get("id"), i.get("bytes", ""), (i.get("sha256") or i.get("fingerprint") or "")[:16]]
-            for i in summary.get("inputs", [])
-        ],
-    )
-    title = f"{summary['dataset']} v{summary['version']}"
+    parts = sections(summary, png)
+    toc = "".join(f'<li><a href="#{html.escape(s.anchor)}">{html.escape(s.title)}</a></li>' for s in parts)
+    esc = lambda key: html.escape(str(summary.get(key) or ""))  # noqa: E731 - local shorthand
     return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>{html.escape(title)} - curation report</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;color:#222}}
-table{{border-collapse:collapse;margin:.5rem 0 1.5rem}}td,th{{border:1px solid #ccc;padding:.25rem .6rem;text-align:left}}
-th{{background:#f2f2f2}}code{{background:#f6f6f6;padding:0 .2rem}}</style></head><body>
-<h1>{html.escape(title)}</h1>
-<p>Created {html.escape(str(summary.get("created_at", "")))} &middot; config <code>{html.escape(summary.get("config_hash", ""))}</code>
-&middot; code <code>{html.escape(summary.get("code_version", ""))}</code> &middot; run <code>{html.escape(summary.get("run_id", ""))}</code>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{html.escape(title(summary))} - curation report</title>
+<style>{STYLE}</style></head><body>
+<h1>{html.escape(title(summary))}</h1>
+<p class="meta">Created {esc("created_at")} &middot; config <code>{esc("config_hash")}</code>
+&middot; code <code>{esc("code_version")}</code> &middot; run <code>{esc("run_id")}</code>
 &middot; parents: {html.escape(", ".join(summary.get("parents") or []) or "none")}</p>
 <p><b>{f["rows_in"]:,}</b> rows in, <b>{f["kept"]:,}</b> pairs kept{published_note(f)}.
 Query it: <code>curate sql "SELECT * FROM {html.escape(summary["dataset"])}.pairs LIMIT 5"</code></p>
-<h2>Funnel</h2><img alt="funnel" src="data:image/png;base64,{img}">
-{steps}
-<h2>Filtered and quarantined, by reason</h2>{reasons_html}
-{_generation_html(f)}
-{_labels_html(f)}
-{filter_html(f)}
-<h2>Sources</h2>{sources}
-<h2>Stage timings</h2>{timings}
-<h2>Inputs</h2>{inputs}
+<nav class="toc"><b>Contents</b><ol>{toc}</ol></nav>
+{"".join(s.html() for s in parts)}
 </body></html>
 """
 
@@ -279,12 +247,29 @@ def published_note(f: dict[str, Any]) -> str:
     return f", <b>{fc['pairs_out']:,}</b> published after the filters" if fc else ""
 
 
+def with_extras(summary: dict[str, Any]) -> dict[str, Any]:
+    """The summary plus what the report needs from the published tables (label agreement
+    between labelers, margin histograms); the caller's dict is left as it was."""
+    labels = summary.get("funnel", {}).get("labels")
+    if not labels or "pairwise" in labels or "labels" not in (summary.get("tables") or {}):
+        return summary
+    return {**summary, "funnel": {**summary["funnel"], "labels": {**labels, **label_extras(summary)}}}
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Write then rename, so a reader (or a crash) never sees half a report."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
 def write_report(summary: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    summary = with_extras(summary)
     png = funnel_png(summary["funnel"])
     paths = {"summary": out / "summary.json", "html": out / "report.html", "funnel": out / "funnel.png"}
-    paths["summary"].write_text(json.dumps(summary, indent=2, default=str))
-    paths["funnel"].write_bytes(png)
-    paths["html"].write_text(render_html(summary, png), encoding="utf-8")
+    _write(paths["summary"], json.dumps(summary, indent=2, default=str).encode())
+    _write(paths["funnel"], png)
+    _write(paths["html"], render_html(summary, png).encode("utf-8"))
     return paths

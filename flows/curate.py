@@ -2,35 +2,66 @@
 one task each (one per filter step).
 
 Runs with no Prefect server (ephemeral mode) from the CLI (`curate run`) or from Python
-(`curate_flow("recipes/hh-rlhf-sample.yaml")`); on a server the same flow is deployable.
-Tasks pass file paths and counts, never tables, so results stay small.
+(`run_recipe("recipes/hh-rlhf-sample.yaml")`); on a server the same flow is deployable
+(`curate_recipe_flow`, see ``flows/deployments.py`` and ``prefect.yaml``).
+
+Why it looks like this:
+
+* Tasks are **submitted**, so the flow's task runner runs them: Prefect's thread pool, or Ray
+  when the recipe says ``orchestration: {task_runner: ray}`` (``run_recipe`` picks the runner
+  with ``flows.runners.task_runner_for``). Tasks pass file paths and counts, never tables,
+  so results stay small and cross process boundaries cheaply.
+* The stages before filtering are **cached** by input fingerprints (``flows/caching.py``): a
+  recipe that changes only its filters reuses ingest, validate, dedup, generate and label
+  (their task runs end in Prefect's ``Cached`` state).
+* **Retries** with exponential backoff for I/O tasks (ingest, publish) and model-server tasks
+  (generate, label), for transient errors only (``flows/retries.py``). A retried stage writes
+  a fresh folder; a retried publish first checks whether its version already committed.
+* Tasks that call models carry the tag ``model-server``: a Prefect tag concurrency limit
+  (``prefect concurrency-limit create model-server 4``) caps how many of them run at once
+  across every flow run on the server; with no limit set they run unthrottled.
+* Each run leaves artifacts: funnel (markdown and table), per-stage timings, a link to the
+  version's report (``flows/artifacts.py``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
 
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect import flow, get_run_logger, runtime, task
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture
 
 from curation import pipeline, stages
 from curation.config import RunConfig, load_config
 from curation.filter import stage as filtering
 from curation.generate import stage as generation
 from curation.label import stage as labeling
-from curation.progress import Progress
-from curation.report import funnel_steps, reason_rows
+from curation.models.config import BackendConfig
+from curation.progress import NoProgress, Progress
 from curation.stages import StageOutput
-from curation.store import DatasetStore
+from curation.store import DatasetStore, VersionInfo
+from flows import caching
+from flows.artifacts import funnel_markdown, publish_artifacts
+from flows.retries import API_RETRIES, IO_RETRIES
+from flows.runners import task_runner_for
+
+__all__ = ["curate_flow", "curate_recipe_flow", "funnel_markdown", "run_recipe", "set_progress"]
+
+MODEL_SERVER_TAG = "model-server"
+"""Tag of every task that calls a model; Prefect's tag concurrency limit of this name caps them."""
 
 _progress: Progress | None = None
 
 
 def set_progress(progress: Progress | None) -> None:
-    """Let an in-process caller (the CLI) show progress bars for the flow's stages."""
+    """Let an in-process caller (the CLI) show progress bars for the flow's stages. Tasks that
+    run in another process (Ray workers) log their progress instead."""
     global _progress
     _progress = progress
 
@@ -59,38 +90,52 @@ def _progress_for_task() -> Progress:
     return _progress or LogProgress(get_run_logger())
 
 
-@task(name="ingest", cache_policy=NO_CACHE)
-def ingest_task(cfg: RunConfig, run_dir: str) -> StageOutput:
-    return stages.ingest(cfg, run_dir, _progress_for_task())
+_CACHED = {"cache_policy": caching.STAGE_CACHE, "cache_expiration": caching.CACHE_EXPIRATION}
 
 
-@task(name="validate", cache_policy=NO_CACHE)
-def validate_task(cfg: RunConfig, run_dir: str, ingested: StageOutput) -> StageOutput:
-    return stages.validate(cfg, run_dir, ingested, _progress_for_task())
+@task(name="ingest", **_CACHED, **IO_RETRIES)
+def ingest_task(cfg: RunConfig, slot: caching.StageSlot) -> StageOutput:
+    return caching.build(slot, lambda folder: stages.ingest(cfg, folder, _progress_for_task()))
 
 
-@task(name="dedup", cache_policy=NO_CACHE)
-def dedup_task(cfg: RunConfig, run_dir: str, validated: StageOutput) -> StageOutput:
-    return stages.dedup(cfg, run_dir, validated, _progress_for_task())
+@task(name="validate", **_CACHED)
+def validate_task(cfg: RunConfig, slot: caching.StageSlot, ingested: StageOutput) -> StageOutput:
+    return caching.build(slot, lambda folder: stages.validate(cfg, folder, ingested, _progress_for_task()))
 
 
-@task(name="generate", cache_policy=NO_CACHE)
-def generate_task(cfg: RunConfig, run_dir: str, deduped: StageOutput) -> StageOutput:
-    return generation.generate(cfg, run_dir, deduped.files["pairs"], _progress_for_task())
+@task(name="dedup", **_CACHED)
+def dedup_task(cfg: RunConfig, slot: caching.StageSlot, validated: StageOutput) -> StageOutput:
+    return caching.build(slot, lambda folder: stages.dedup(cfg, folder, validated, _progress_for_task()))
 
 
-@task(name="label", cache_policy=NO_CACHE)
-def label_task(cfg: RunConfig, run_dir: str, deduped: StageOutput, generated: StageOutput | None) -> StageOutput:
-    return labeling.label(cfg, run_dir, pipeline.pairs_to_label(deduped, generated), _progress_for_task())
+@task(name="generate", tags=[MODEL_SERVER_TAG], **_CACHED, **API_RETRIES)
+def generate_task(cfg: RunConfig, slot: caching.StageSlot, deduped: StageOutput) -> StageOutput:
+    return caching.build(slot, lambda folder: generation.generate(cfg, folder, deduped.files["pairs"], _progress_for_task()))
+
+
+@task(name="label", tags=[MODEL_SERVER_TAG], **_CACHED, **API_RETRIES)
+def label_task(cfg: RunConfig, slot: caching.StageSlot, deduped: StageOutput, generated: StageOutput | None) -> StageOutput:
+    files = pipeline.pairs_to_label(deduped, generated)
+    return caching.build(slot, lambda folder: labeling.label(cfg, folder, files, _progress_for_task()))
+
+
+STAGE_TASKS = {"ingest": ingest_task, "validate": validate_task, "dedup": dedup_task, "generate": generate_task, "label": label_task}
 
 
 @task(name="filter-step", cache_policy=NO_CACHE)
 def filter_step_task(step, pairs, labels, ctx):  # noqa: ANN001, ANN201 - filtering.RunStep
-    return filtering.run_step(step, pairs, labels, ctx)
+    return filtering.run_step(step, pairs, labels, replace(ctx, progress=_progress_for_task()))
+
+
+def _uses_model(step: Any) -> bool:
+    return any(isinstance(getattr(step, name, None), BackendConfig) for name in type(step).model_fields)
 
 
 def _step_as_task(step, pairs, labels, ctx):  # noqa: ANN001, ANN202 - filtering.RunStep
-    return filter_step_task.with_options(name=f"filter-{step.stage_name}")(step, pairs, labels, ctx)
+    """Submit one filter step to the task runner; its progress is the task's own (a bar in
+    this process, log lines in a Ray worker), so the context travels without it."""
+    tagged = filter_step_task.with_options(name=f"filter-{step.stage_name}", tags=[MODEL_SERVER_TAG] if _uses_model(step) else [])
+    return tagged.submit(step, pairs, labels, replace(ctx, progress=NoProgress())).result()
 
 
 def filter_stage(
@@ -103,7 +148,14 @@ def filter_stage(
     return filtering.filter_pairs(cfg, run_dir, pipeline.pairs_to_label(deduped, generated), labels, progress, runner=_step_as_task)
 
 
-@task(name="publish", cache_policy=NO_CACHE)
+def _published_by(cfg: RunConfig, run_id: str) -> VersionInfo | None:
+    store = DatasetStore(cfg.data_root)
+    if cfg.publish.dataset not in store.datasets():
+        return None
+    return next((v for v in reversed(store.versions(cfg.publish.dataset)) if v.run_id == run_id), None)
+
+
+@task(name="publish", cache_policy=NO_CACHE, **IO_RETRIES)
 def publish_task(
     cfg: RunConfig,
     run_dir: str,
@@ -113,46 +165,76 @@ def publish_task(
     generated: StageOutput | None = None,
     labelled: StageOutput | None = None,
     filtered: StageOutput | None = None,
-):
-    from pathlib import Path
-
+) -> tuple[VersionInfo, dict]:
+    """Commit the version. A retry first looks for a version this run already committed (the
+    failure came after the commit), so a retried publish never publishes twice."""
+    if runtime.task_run.run_count > 1 and (done := _published_by(cfg, Path(run_dir).name)) is not None:
+        return done, done.counts
     return pipeline.publish(cfg, Path(run_dir), ingested, validated, deduped, generated, labelled, filtered)
 
 
-def funnel_markdown(result: pipeline.RunResult) -> str:
-    f = result.funnel
-    lines = [f"# {result.dataset} v{result.version}", "", "| step | count |", "|---|---:|"]
-    lines += [f"| {k} | {abs(v):,} |" for k, v in funnel_steps(f)]
-    reasons = reason_rows(f)
-    if reasons:
-        lines += ["", "| outcome | stage | reason | count |", "|---|---|---|---:|"]
-        lines += [f"| {o} | {s} | {r} | {n:,} |" for o, s, r, n in reasons]
-    lines += ["", f"Report: `{result.report_dir}/report.html`"]
-    return "\n".join(lines)
+def _stage_futures(cfg: RunConfig, slots: dict[str, caching.StageSlot]) -> dict[str, PrefectFuture]:
+    """Submit the cached stages, each on the previous one's future (Prefect records the edges)."""
+    records = caching.records_dir(cfg)
+    t = {name: STAGE_TASKS[name].with_options(result_storage=records) for name in slots}
+    f: dict[str, PrefectFuture] = {}
+    f["ingest"] = t["ingest"].submit(cfg, slots["ingest"])
+    f["validate"] = t["validate"].submit(cfg, slots["validate"], f["ingest"])
+    f["dedup"] = t["dedup"].submit(cfg, slots["dedup"], f["validate"])
+    if "generate" in slots:
+        f["generate"] = t["generate"].submit(cfg, slots["generate"], f["dedup"])
+    if "label" in slots:
+        f["label"] = t["label"].submit(cfg, slots["label"], f["dedup"], f.get("generate"))
+    return f
 
 
 @flow(name="curate", log_prints=True)
 def curate_flow(recipe: str, data_root: str | None = None, force: bool = False, keep_staging: bool = False) -> dict:
     """Curate a recipe into a new version of its dataset (or report it unchanged)."""
     cfg = load_config(recipe, data_root=data_root)
+    logger = get_run_logger()
     store = DatasetStore(cfg.data_root)
     if not force and (same := pipeline.find_unchanged(cfg, store)) is not None:
-        get_run_logger().info("%s v%d was built from this config and these inputs; nothing to do", same.dataset, same.version)
+        logger.info("%s v%d was built from this config and these inputs; nothing to do", same.dataset, same.version)
         return asdict(pipeline.unchanged_result(cfg, same))
     pipeline.check_models(cfg)  # a bad backend or labeler config fails before any work
     run_dir = str(pipeline.new_run_dir(cfg))
-    ingested = ingest_task(cfg, run_dir)
-    validated = validate_task(cfg, run_dir, ingested)
-    deduped = dedup_task(cfg, run_dir, validated)
-    generated = generate_task(cfg, run_dir, deduped) if cfg.generate else None
-    labelled = label_task(cfg, run_dir, deduped, generated) if cfg.label else None
-    filtered = filter_stage(cfg, run_dir, deduped, generated, labelled) if cfg.filter else None
+    slots = caching.slots(cfg, caching.stage_keys(cfg, pipeline.source_fingerprints(cfg)))
+    futures = _stage_futures(cfg, slots)
+    outs: dict[str, StageOutput] = {name: fut.result() for name, fut in futures.items()}
+    cached = [name for name, fut in futures.items() if fut.state.name == "Cached"]
+    if cached:
+        logger.info("reused from the stage cache: %s", ", ".join(cached))
+    generated, labelled = outs.get("generate"), outs.get("label")
+    filtered = filter_stage(cfg, run_dir, outs["dedup"], generated, labelled) if cfg.filter else None
     t0 = time.perf_counter()
-    info, funnel = publish_task(cfg, run_dir, ingested, validated, deduped, generated, labelled, filtered)
-    timings = {o.stage: o.seconds for o in (ingested, validated, deduped, generated, labelled, filtered) if o is not None}
+    published = publish_task.submit(cfg, run_dir, futures["ingest"], futures["validate"], futures["dedup"], generated, labelled, filtered)
+    info, funnel = published.result()
+    timings = {o.stage: 0.0 if o.stage in cached else o.seconds for o in (*outs.values(), filtered) if o is not None}
     timings["publish"] = time.perf_counter() - t0
-    from pathlib import Path
-
+    staged = {o.stage: {"files": o.files, "cached": o.stage in cached} for o in outs.values()}
+    (Path(run_dir) / "stages.json").write_text(json.dumps(staged, indent=1))
     result = pipeline.finish_run(cfg, Path(run_dir), info, funnel, timings, keep_staging=keep_staging)
-    create_markdown_artifact(funnel_markdown(result), key=f"funnel-{result.dataset}", description="curation funnel")
-    return asdict(result)
+    publish_artifacts(result, cached)
+    caching.prune(cfg)
+    return asdict(result) | {"cached": cached, "flow_run_id": str(runtime.flow_run.id)}
+
+
+def run_recipe(recipe: str, data_root: str | None = None, force: bool = False, keep_staging: bool = False) -> dict:
+    """Run ``curate_flow`` on the task runner the recipe's ``orchestration`` section names.
+
+    A flow's task runner is fixed when the flow starts, so the runner is chosen here, from the
+    config, and applied with ``with_options``; called inside another flow (a deployment's
+    ``curate_recipe_flow``), the curation runs as its subflow.
+    """
+    cfg = load_config(recipe, data_root=data_root)  # a bad recipe fails before Prefect starts anything
+    runner = task_runner_for(cfg.orchestration)
+    return curate_flow.with_options(task_runner=runner)(str(recipe), data_root=data_root, force=force, keep_staging=keep_staging)
+
+
+@flow(name="curate-recipe", log_prints=True)
+def curate_recipe_flow(recipe: str, data_root: str | None = None, force: bool = False, keep_staging: bool = False) -> dict:
+    """Deployable entry point (scheduled runs, `curate serve`, `prefect deploy`): curates the
+    recipe as ``run_recipe`` does, on the task runner its ``orchestration`` section names.
+    ``recipe`` is a path on the machine that runs the flow (relative to its working folder)."""
+    return run_recipe(recipe, data_root=data_root, force=force, keep_staging=keep_staging)

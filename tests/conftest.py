@@ -13,6 +13,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # The ephemeral server logs "Stopping temporary server" at exit, after pytest closed stdout.
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+# Prefect's 20 s default for starting the ephemeral server ran out once on the loaded 2-core VM.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 # Session fixtures for the converted SmolLM2 folder (one conversion per test session).
 pytest_plugins = ["tests.model_fixtures"]

@@ -145,9 +145,13 @@ def test_non_retryable_400_fails_at_once(stub: OpenAIStub) -> None:
     assert stub.stats_snapshot()["requests"] == 1
 
 
-def test_non_json_reply_is_a_backend_error(stub: OpenAIStub) -> None:
-    stub.add_faults({"status": 200, "raw": "<html>proxy login</html>"})
-    with make_backend(stub) as backend, pytest.raises(BackendError, match="not an OpenAI JSON reply.*proxy login"):
+def test_non_json_reply_is_retried_then_a_backend_error(stub: OpenAIStub) -> None:
+    stub.add_faults({"status": 200, "raw": '{"id": "cut off mid-bo'})  # a truncated body: transient
+    with make_backend(stub) as backend:
+        [result] = backend.generate([conv("a cut connection")], SamplingParams())
+        assert result.generations and backend.totals["retries"]["bad_reply"] == 1
+    stub.add_faults(*[{"status": 200, "raw": "<html>proxy login</html>"}] * 4)  # every attempt: gives up
+    with make_backend(stub) as backend, pytest.raises(BackendError, match="after 4 attempts.*not an OpenAI JSON reply.*proxy login"):
         backend.generate([conv("behind a proxy")], SamplingParams())
 
 

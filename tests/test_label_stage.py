@@ -14,6 +14,7 @@ import pytest
 import curation.label as label_registry
 from curation.errors import CurationError
 from curation.label.base import Labeler, pair_views
+from curation.label.cache import cache_root, labeler_key
 from curation.pipeline import curate
 from curation.query import sql
 from curation.store import DatasetStore
@@ -148,3 +149,113 @@ def test_bad_labeler_config_fails_before_any_work(tmp_path: Path, hh_path: Path,
     assert not (Path(cfg.data_root) / "runs").exists()  # nothing started
     out = CliRunner().invoke(app, ["check", str(write_recipe(tmp_path, sources, "bad", label={"labelers": [labeler]}))])
     assert out.exit_code != 0 and message in out.output
+
+
+# --------------------------------------------------------------------------- the label cache
+
+
+class Counting(LongerWins):
+    """LongerWins that counts the pairs it was asked for, and fails on pairs listed in ``broken``."""
+
+    asked: list[str] = []
+    broken: set[str] = set()
+
+    def label(self, pairs: pa.Table) -> pa.Table:
+        ids = pairs["pair_id"].to_pylist()
+        if self.broken & set(ids):
+            from curation.models.base import BackendError
+
+            raise BackendError("the server dropped the connection")
+        type(self).asked += ids
+        return super().label(pairs)
+
+
+def counting(monkeypatch: pytest.MonkeyPatch) -> type[Counting]:
+    """The Counting class the registry imports (pytest may import this file under another name)."""
+    import importlib
+
+    monkeypatch.setitem(label_registry.LABELERS, "reward_model", "tests.test_label_stage:Counting")
+    cls = importlib.import_module("tests.test_label_stage").Counting
+    monkeypatch.setattr(cls, "asked", [])
+    monkeypatch.setattr(cls, "broken", set())
+    return cls
+
+
+def test_label_cache_reuses_labels_and_misses_on_a_changed_parameter(
+    tmp_path: Path, hh_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Counting = counting(monkeypatch)  # noqa: N806 - the class
+
+    def run(labeler: dict, **label: object) -> dict:
+        Counting.asked = []
+        cfg = _cfg(tmp_path, hh_path, {"labelers": [labeler], "chunk_size": 16, **label}, limit=60)
+        return curate(cfg, force=True).funnel["labels"]["labelers"][labeler["name"]]
+
+    first = run(_labeler("len"))
+    kept = first["pairs"]
+    assert (first["labels_reused"], first["labels_scored"], first["labels_failed"]) == (0, kept, 0) and len(Counting.asked) == kept
+    cached = sorted((cache_root(tmp_path / "root")).glob("*/*.parquet"))
+    assert len(cached) == -(-kept // 16)  # one file per finished chunk, nothing else (no temp files left)
+
+    again = run(_labeler("len"))
+    assert (again["labels_reused"], again["labels_scored"]) == (kept, 0) and Counting.asked == []
+    table = 'SELECT * EXCLUDE (config) FROM "lab@{}".labels ORDER BY pair_id'
+    assert sql(table.format(1), tmp_path / "root").equals(sql(table.format(2), tmp_path / "root"))  # identical to the uncached run
+
+    renamed = run({**_labeler("length"), "backend": {"backend": "transformers", "model": "unused", "batch_size": 2}})
+    assert renamed["labels_reused"] == kept and Counting.asked == []  # name and batch size choose nothing about a label
+    assert sql("SELECT DISTINCT labeler, labeler_group FROM labels", tmp_path / "root").rows() == [("length", "length")]
+
+    assert run(_labeler("len"), limit=7)["labels_reused"] == 7  # a smaller selection: a subset of the cache
+
+    changed = run({**_labeler("len"), "backend": {"backend": "transformers", "model": "other-model"}})
+    assert (changed["labels_reused"], changed["labels_scored"]) == (0, kept) and len(Counting.asked) == kept
+
+
+def test_a_failed_pair_is_recorded_not_cached_and_retried(tmp_path: Path, hh_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    Counting = counting(monkeypatch)  # noqa: N806 - the class
+    cfg = _cfg(tmp_path, hh_path, {"labelers": [_labeler("len")], "chunk_size": 8}, limit=20)
+    curate(cfg)
+    first_ids = sql("SELECT pair_id FROM pairs", cfg.data_root)["pair_id"].to_list()
+    victim = first_ids[5]
+    Counting.broken = {victim}
+    counts = curate(cfg, force=True).funnel["labels"]["labelers"]["len"]
+    assert counts["labels_scored"] == 0 and counts["labels_reused"] == len(first_ids)  # all cached from the first run
+
+    other = tmp_path / "fresh"  # the same recipe into a fresh root: nothing cached, one pair fails
+    Counting.asked = []
+    cfg = _cfg(other, hh_path, {"labelers": [_labeler("len")], "chunk_size": 8}, limit=20)
+    counts = curate(cfg).funnel["labels"]["labelers"]["len"]
+    assert (counts["labels_scored"], counts["labels_failed"]) == (len(first_ids), 1)
+    row = sql(f"SELECT verdict, error FROM labels WHERE pair_id = '{victim}'", cfg.data_root).to_dicts()
+    assert row == [{"verdict": "invalid", "error": "scoring failed: BackendError: the server dropped the connection"}]
+    assert len(set(Counting.asked)) == len(first_ids) - 1  # its chunk was split; every other pair was labelled
+
+    Counting.broken, Counting.asked = set(), []
+    counts = curate(cfg, force=True).funnel["labels"]["labelers"]["len"]
+    assert (counts["labels_reused"], counts["labels_scored"], counts["labels_failed"]) == (len(first_ids) - 1, 1, 0)
+    assert Counting.asked == [victim]
+
+
+def test_label_cache_key_follows_what_changes_labels(tmp_path: Path) -> None:
+    from curation.label import build_labeler
+    from curation.label.base import BackendPool
+    from curation.label.config import JudgePairwiseConfig
+    from curation.models.config import BackendConfig
+
+    template = tmp_path / "judge.txt"
+    template.write_text("{prompt}\nA: {response_a}\nB: {response_b}\nWhich is better?")
+
+    def key(**cfg: object) -> str | None:
+        backend = {"backend": "openai", "model": "judge-model", "base_url": "http://127.0.0.1:1/v1", **cfg.pop("backend", {})}
+        config = JudgePairwiseConfig(name=cfg.pop("name", "j"), backend=BackendConfig(**backend), template=str(template), **cfg)
+        return labeler_key(build_labeler(config, BackendPool(tmp_path, build=lambda c, r: pytest.fail("no backend is built"))))
+
+    base = key()
+    assert base is not None and len(base) == 32
+    same = [key(name="renamed"), key(limit=3), key(backend={"base_url": "http://other:8000/v1", "max_concurrency": 64, "timeout_s": 5})]
+    assert same == [base] * 3
+    differ = [key(temperature=0.5), key(seed=1), key(max_retries=0), key(verdict_by="logprobs"), key(backend={"model": "other"})]
+    assert len({base, *differ}) == 1 + len(differ)
+    template.write_text(template.read_text() + " Be brief.")  # same path, new content
+    assert key() != base

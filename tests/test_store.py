@@ -398,3 +398,24 @@ def test_kill_inside_catalog_transaction(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
     _after_kill(store)
+
+
+def test_a_first_publish_dying_while_the_catalog_is_created_leaves_no_catalog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DuckLake writes its metadata tables when it first attaches a new catalog. A publish killed
+    then used to leave a catalog without them, which every reader (and so every rerun) rejected
+    with a raw DuckDB error; the catalog is now made under a temporary name and linked into place."""
+    import curation.store as store_module
+
+    def dies(phase: str) -> None:
+        if phase == "catalog_created":
+            raise SystemExit("killed")
+
+    monkeypatch.setattr(store_module, "_TEST_HOOK", dies)
+    store = DatasetStore(tmp_path)
+    with pytest.raises(SystemExit):
+        store.publish("hh", {"pairs": pairs_table(range(10))}, **META)
+    monkeypatch.setattr(store_module, "_TEST_HOOK", None)
+    assert store.datasets() == [] and not (tmp_path / "datasets/hh/catalog.ducklake").exists()
+    assert [p.name for p in (tmp_path / "datasets/hh").iterdir()] == ["files"]  # no temporary catalog left either
+    assert store.publish("hh", {"pairs": pairs_table(range(10))}, **META).version == 1
+    assert store.read("hh", "pairs").num_rows == 10

@@ -250,7 +250,7 @@ def check(cfg: RunConfig) -> None:
                 raise ConfigError(f"filter step {step.stage_name!r}: unknown labeler {name!r}; labelers in this recipe: {known}")
         checker = getattr(importlib.import_module(step_function(step.kind).__module__), "check", None)
         if checker is not None:
-            checker(step, cfg.data_root)
+            checker(step, cfg.work_root)
 
 
 def score_histograms(result: StepResult) -> dict[str, Any]:
@@ -303,12 +303,12 @@ def filter_pairs(
     staged = StagedPairs([f for f in pair_files if f])
     labels = read_labels(labels_file)
     pairs_in = staged.index.height
-    pool = BackendPool(cfg.data_root)
-    ctx = StepContext(backends=pool, progress=progress, data_root=str(cfg.data_root))
+    pool = BackendPool(cfg.work_root)
+    ctx = StepContext(backends=pool, progress=progress, data_root=str(cfg.work_root))
     steps: dict[str, Any] = {}
     decision_parts: list[pl.DataFrame] = []
     extra_tables: dict[str, pl.DataFrame] = {}
-    human = inbox.read_inbox(cfg.data_root, cfg.publish.dataset)
+    human = inbox.read_inbox(inbox.inbox_root(cfg), cfg.publish.dataset)
     known_human = 0  # alive pairs the inbox already labels: not routed again
     try:
         for step in cfg.filter.steps:

@@ -32,14 +32,14 @@ from curation.tables import TableWriter
 def check(cfg: RunConfig) -> None:
     """Fail before any work if a configured backend cannot serve here."""
     if cfg.generate is not None:
-        check_backend(cfg.generate.generator, cfg.data_root)
-        check_backend(cfg.generate.embedder, cfg.data_root)
+        check_backend(cfg.generate.generator, cfg.work_root)
+        check_backend(cfg.generate.embedder, cfg.work_root)
 
 
 def cache_path(cfg: RunConfig) -> Path:
     gen = cfg.generate
     assert gen is not None
-    return Path(gen.cache_path) if gen.cache_path else Path(cfg.data_root) / "cache" / "requests.sqlite"
+    return Path(gen.cache_path) if gen.cache_path else Path(cfg.work_root) / "cache" / "requests.sqlite"
 
 
 def load_prompts(gen: GenerateConfig, kept_pairs: str | None) -> list[Prompt]:
@@ -125,7 +125,7 @@ def generate(cfg: RunConfig, work_dir: str | Path, kept_pairs: str | None, progr
     started = time.perf_counter()
     prompts = load_prompts(gen_cfg, kept_pairs)
     cache = RequestCache(cache_path(cfg))
-    backend = build_backend(gen_cfg.generator, cfg.data_root)
+    backend = build_backend(gen_cfg.generator, cfg.work_root)
     try:
         by_strategy, costs = run_strategies(gen_cfg, backend, cache, prompts, progress)
         describe = backend.describe()
@@ -148,7 +148,7 @@ def generate(cfg: RunConfig, work_dir: str | Path, kept_pairs: str | None, progr
                 filtered[decision["reason"]] = filtered.get(decision["reason"], 0) + 1
             else:
                 pairs_w.append(row)
-    diversity = measure_diversity(gen_cfg, cfg.data_root, by_strategy, prompts, progress)
+    diversity = measure_diversity(gen_cfg, cfg.work_root, by_strategy, prompts, progress)
     counts = {
         "prompts": len(prompts),
         "strategy": gen_cfg.strategy,

@@ -31,6 +31,7 @@ BACKENDS: dict[str, str] = {
     "sentence_transformers": "curation.models.embedder:SentenceTransformerBackend",
     "openai": "curation.models.openai_backend:OpenAIBackend",
     "vllm": "curation.models.vllm_backend:VLLMBackend",
+    "ray_data": "curation.models.ray_data_backend:RayDataBackend",
 }
 
 

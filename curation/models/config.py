@@ -10,13 +10,35 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-BACKEND_NAMES = ("transformers", "openai", "vllm", "sentence_transformers")
+BACKEND_NAMES = ("transformers", "openai", "vllm", "sentence_transformers", "ray_data")
+
+
+class RayDataOptions(BaseModel):
+    """``backend: ray_data``: generation fanned out over a Ray cluster with Ray Data, each actor
+    holding its own copy of the inner backend (vLLM on a GPU per actor, in production)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: str = Field(default="vllm", description="the backend each Ray actor runs: vllm | transformers | openai")
+    actors: int = Field(default=1, ge=1, description="model replicas (Ray actors) serving generation")
+    num_gpus_per_actor: float = Field(default=0.0, ge=0, description="GPUs each actor reserves (1 for one vLLM engine per GPU)")
+    batch_size: int = Field(default=64, ge=1, description="conversations per Ray Data batch")
+    address: str | None = Field(
+        default=None, description="Ray cluster to join ('auto', 'ray://head:10001'); empty: the running or a new local one"
+    )
+
+    @field_validator("backend")
+    @classmethod
+    def _inner(cls, v: str) -> str:
+        if v not in ("vllm", "transformers", "openai"):
+            raise ValueError(f"ray_data.backend must be vllm, transformers or openai, got {v!r}")
+        return v
 
 
 class BackendConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    backend: str = Field(description="transformers | openai | vllm | sentence_transformers")
+    backend: str = Field(description="transformers | openai | vllm | sentence_transformers | ray_data")
     model: str = Field(
         description="model: 'smollm2' or 'all-MiniLM-L6-v2' (shipped on PyPI), a local HF folder, or the server's model name (openai)"
     )
@@ -39,6 +61,7 @@ class BackendConfig(BaseModel):
         "on a 2-core machine two OpenMP threads competing with any other busy process run ~20x slower)",
     )
     engine_args: dict[str, Any] = Field(default_factory=dict, description="vllm: extra vllm.LLM(...) arguments")
+    ray_data: RayDataOptions | None = Field(default=None, description="ray_data: the inner backend and how many Ray actors run it")
 
     @field_validator("backend")
     @classmethod

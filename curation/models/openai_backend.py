@@ -481,15 +481,15 @@ class OpenAIBackend(ModelBackend):
                 cause = err.__cause__ or err
                 reason, last = "connection", f"connection error: {type(cause).__name__}: {cause}"
             else:
-                self.totals["requests"] += 1
                 reply = _json_reply(response)
-                if reply is None:  # e.g. an HTML page from a proxy, with status 200
-                    raise BackendError(
-                        f"{what} at {_host(self.base_url)} answered something that is not an OpenAI JSON reply: {response.text[:200]!r}"
-                    )
-                spent.prompt_tokens, spent.completion_tokens = _usage_tokens(reply)
-                self._count_tokens(spent.prompt_tokens, spent.completion_tokens)
-                return reply, spent
+                if reply is not None:
+                    self.totals["requests"] += 1
+                    spent.prompt_tokens, spent.completion_tokens = _usage_tokens(reply)
+                    self._count_tokens(spent.prompt_tokens, spent.completion_tokens)
+                    return reply, spent
+                # A body cut off mid-way, or a proxy's HTML page, with status 200: retried like a
+                # 5xx, since a cut connection is transient (a proxy page fails every attempt).
+                reason, last = "bad_reply", f"not an OpenAI JSON reply: {response.text[:200]!r}"
             if retries_left <= 0:
                 self.totals["requests"] += 1
                 raise BackendError(

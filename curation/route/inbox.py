@@ -6,6 +6,10 @@ same file twice is one file) and publishes a new version with the labels merged,
 rerunning any model. A later ``curate run`` of the recipe merges the same inbox at the end of
 its filter stage and fingerprints it with the sources, so the labels survive reruns and an
 unchanged inbox still means an unchanged dataset.
+
+For an object-store data root (``s3://...``) the inbox is a local folder under the work root
+(``inbox_root``): it is not shared between machines, so import labels and run the recipe on
+the same machine (or copy its ``human_labels`` folder along).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curation.config import RunConfig, is_url
 from curation.errors import CurationError
 from curation.filter.base import StepResult
 from curation.route.human_labels import HUMAN_SCHEMA, merge, read_completed, unknown_count
@@ -28,6 +33,12 @@ from schemas import arrow_schema
 INBOX = "human_labels"
 STAGE = "human_label"
 INPUT_SOURCE = "human_labels"  # the "source" of the inbox files' input fingerprints
+
+
+def inbox_root(cfg: RunConfig) -> str:
+    """The folder whose ``datasets/NAME/human_labels`` is the inbox: the data root itself, or
+    the local work root when the data root is an object store."""
+    return cfg.work_root if is_url(cfg.data_root) else cfg.data_root
 
 
 def inbox_dir(data_root: str | Path, dataset: str) -> Path:
@@ -110,27 +121,30 @@ def merge_into_file(pairs_path: str | Path, human: pl.DataFrame, run_dir: str | 
     }
 
 
-def import_labels(data_root: str | Path, dataset: str, files: list[str | Path]) -> dict[str, Any]:
+def import_labels(data_root: str | Path, dataset: str, files: list[str | Path], *, work_root: str | Path | None = None) -> dict[str, Any]:
     """``curate route import``: add files to the inbox and publish the merged labels as a new
-    version of the dataset (parent: the latest). Nothing new -> no new version."""
+    version of the dataset (parent: the latest). Nothing new -> no new version.
+    ``work_root``: the local folder for the inbox and report when ``data_root`` is an object
+    store (default ./data, as a recipe's ``work_dir``)."""
     from curation.filter.stage import _to_decisions_table
     from curation.pipeline import code_version
     from curation.store import DatasetStore
 
     store = DatasetStore(data_root)
+    local = (work_root or "data") if is_url(data_root) else data_root
     latest = store.version(dataset)
     if not (latest.config or {}).get("filter"):
         raise CurationError(
             f"{latest.ref} was built by a recipe without a filter section; human labels are merged by its filter stage "
             "(add filter: steps: [{kind: route, budget: ...}] to the recipe and run it first)"
         )
-    added = [add(data_root, dataset, f) for f in files]
-    fps = fingerprints(data_root, dataset)
+    added = [add(local, dataset, f) for f in files]
+    fps = fingerprints(local, dataset)
     known = {i.get("sha256") for i in latest.inputs if i.get("source") == INPUT_SOURCE}
     if all(fp["sha256"] in known for fp in fps):
         return {"dataset": dataset, "version": latest.version, "unchanged": True, "files": [str(p) for p, _ in added]}
     pairs = pl.from_arrow(store.read(dataset, "pairs", version=latest.version))
-    out, decisions, rows = merge(pairs, read_inbox(data_root, dataset))
+    out, decisions, rows = merge(pairs, read_inbox(local, dataset))
     summary = _summary(decisions, rows)
     tables: dict[str, Any] = {
         "pairs": out.to_arrow().cast(arrow_schema("pairs")),
@@ -158,13 +172,17 @@ def import_labels(data_root: str | Path, dataset: str, files: list[str | Path]) 
         run_id=f"import-{uuid.uuid4().hex[:8]}",
         extra={"human_label_import": summary},
     )
-    _write_report(data_root, info)
+    _write_report(data_root, local, info)
     return {"dataset": dataset, "version": info.version, "unchanged": False, "files": [str(p) for p, _ in added], **summary}
 
 
-def _write_report(data_root: str | Path, info: Any) -> None:
+def _write_report(data_root: str | Path, local: str | Path, info: Any) -> None:
     from curation.pipeline import version_summary
     from curation.report import write_report
+    from curation.store import DatasetStore
 
     summary = version_summary(info, data_root, info.run_id, info.counts, {})
-    write_report(summary, Path(data_root) / "datasets" / info.dataset / "reports" / f"v{info.version}")
+    out = Path(local) / "datasets" / info.dataset / "reports" / f"v{info.version}"
+    write_report(summary, out)
+    if is_url(data_root):
+        DatasetStore(data_root).put_files(info.dataset, f"reports/v{info.version}", out)

@@ -9,10 +9,19 @@ deterministic: the same request always gets the same reply, so tests can compare
         stub.base_url  # http://127.0.0.1:PORT/v1
 
 Faults apply, in order, to the next POST requests (one fault per request; a fault with a
-``path`` waits for a request to that path). ``GET /v1/models`` is never faulted, so a
-backend's ``check`` still passes. ``GET /stub/stats`` returns the counters as JSON and
+``path`` waits for a request to that path, one with ``match`` for a body containing a text).
+``GET /v1/models`` is never faulted, so a backend's ``check`` still passes. ``GET /stub/stats`` returns the counters as JSON and
 ``POST /stub/reset`` zeroes them, for a stub run in another process
 (``python -m curation.testing.openai_stub --latency 0.05``; it prints its base URL).
+
+Random faults, for reliability tests: ``FaultPlan(rate=0.2, seed=7)`` fails a seeded share
+of POST requests with a mix of 429 (with ``Retry-After``), 500, timeouts (the reply never
+comes), truncated bodies (the connection closes part-way through the body) and invalid JSON
+(a complete 200 reply whose JSON is cut short). Whether a request fails depends only on the
+seed, the request body and how many times that body was seen before, not on arrival
+order, so a run with concurrent requests meets the same faults every time, and a retry of
+a failed request draws again. ``on_post(n, path)`` is called as the n-th POST arrives (a
+test kills a client process at a chosen request that way).
 """
 
 from __future__ import annotations
@@ -21,12 +30,14 @@ import argparse
 import collections
 import hashlib
 import json
+import math
 import re
 import sys
 import threading
 import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -99,6 +110,49 @@ def _normalise_fault(spec: Any) -> dict[str, Any]:
     raise ValueError(f"unknown fault {spec!r}: use an HTTP status, 'hang', or a dict with status/retry_after/message/hang/path")
 
 
+FAULT_KINDS = ("429", "500", "timeout", "truncated", "invalid_json")
+
+
+@dataclass
+class FaultPlan:
+    """A seeded share of POST requests that fail, and how (see the module docstring).
+
+    ``mix`` weighs the kinds (default: all of ``FAULT_KINDS`` equally); ``hang_s`` is how long
+    a timeout fault keeps the request open (set it above the client's timeout);
+    ``retry_after_s`` is what a 429 asks for, sent both as ``retry-after-ms`` and, rounded
+    up to whole seconds, as ``Retry-After``.
+    """
+
+    rate: float = 0.2
+    seed: int = 0
+    mix: dict[str, float] = field(default_factory=lambda: dict.fromkeys(FAULT_KINDS, 1.0))
+    hang_s: float = 1.0
+    retry_after_s: float = 0.02
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.mix) - set(FAULT_KINDS))
+        if unknown or not self.mix or not 0.0 <= self.rate <= 1.0:
+            raise ValueError(f"FaultPlan: rate must be in [0, 1] and mix a non-empty weighting of {FAULT_KINDS}, got {unknown or self.mix}")
+        self._seen: collections.Counter[int] = collections.Counter()
+        self._lock = threading.Lock()
+
+    def draw(self, path: str, body: bytes) -> str | None:
+        """The fault for this request (a kind from the mix), or None to serve it."""
+        key = _digest(path, body.decode("utf-8", "replace"))
+        with self._lock:
+            occurrence = self._seen[key]
+            self._seen[key] += 1
+        h = _digest(self.seed, key, occurrence)
+        if (h % 1_000_000) / 1_000_000 >= self.rate:
+            return None
+        pick = ((h >> 24) % 1_000_000) / 1_000_000 * sum(self.mix.values())
+        for kind, weight in self.mix.items():
+            pick -= weight
+            if pick < 0:
+                return kind
+        return next(reversed(self.mix))
+
+
 class _Stats:
     """Request counters, including a time-weighted mean of requests in flight."""
 
@@ -154,6 +208,14 @@ class _Stats:
             }
 
 
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away mid-request (killed, timed out) is normal here: no traceback."""
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
+
+
 class OpenAIStub:
     """An OpenAI-compatible HTTP server on 127.0.0.1 with fault injection and counters.
 
@@ -177,6 +239,7 @@ class OpenAIStub:
         reject_response_format: bool = False,
         api_key: str | None = None,
         port: int = 0,
+        fault_plan: FaultPlan | None = None,
     ) -> None:
         self.latency_s = latency_s
         self.model = model
@@ -185,6 +248,11 @@ class OpenAIStub:
         self.reject_echo_logprobs = reject_echo_logprobs
         self.reject_response_format = reject_response_format
         self.api_key = api_key
+        self.fault_plan = fault_plan
+        """Random faults (``FaultPlan``); scripted faults (``add_faults``) go first."""
+        self.on_post: Callable[[int, str], None] | None = None
+        """Called with (n, path) as the n-th POST arrives, before it is served."""
+        self._posts = 0
         self._faults: list[dict[str, Any]] = [_normalise_fault(f) for f in faults]
         self._replies: collections.deque[str] = collections.deque()
         self._lock = threading.Lock()
@@ -193,7 +261,7 @@ class OpenAIStub:
         self.bodies: collections.deque[tuple[str, dict[str, Any]]] = collections.deque(maxlen=1000)
         """The last POST bodies received, as (path, body): tests check what the client sent."""
         self._port = port
-        self._server: ThreadingHTTPServer | None = None
+        self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -201,7 +269,7 @@ class OpenAIStub:
     def start(self) -> OpenAIStub:
         self._stopping.clear()
         handler = type("_BoundHandler", (_Handler,), {"stub": self})
-        server = ThreadingHTTPServer(("127.0.0.1", self._port), handler, bind_and_activate=False)
+        server = _Server(("127.0.0.1", self._port), handler, bind_and_activate=False)
         server.request_queue_size = 256  # a burst of concurrent connects must not overflow the backlog
         server.daemon_threads = True
         server.allow_reuse_address = True
@@ -245,7 +313,8 @@ class OpenAIStub:
         """Queue faults for the next POST requests: 429, 500, 503, "hang", or dicts such as
         ``{"status": 429, "retry_after": 1}``, ``{"status": 400, "message": "..."}``,
         ``{"hang": True, "seconds": 2, "path": "/v1/completions"}``,
-        ``{"status": 200, "raw": "<html>proxy login</html>"}``."""
+        ``{"status": 200, "raw": "<html>proxy login</html>"}``; ``"match": TEXT`` waits for a
+        request whose JSON body contains TEXT (as JSON encodes it)."""
         with self._lock:
             self._faults.extend(_normalise_fault(f) for f in faults)
 
@@ -259,17 +328,30 @@ class OpenAIStub:
             return len(self._faults)
 
     def reset_stats(self) -> None:
+        """Zero the counters, the POST count ``on_post`` sees included."""
         self.stats.reset()
+        with self._lock:
+            self._posts = 0
 
     def stats_snapshot(self) -> dict[str, Any]:
         return self.stats.snapshot()
 
-    def _take_fault(self, path: str) -> dict[str, Any] | None:
+    def clear_faults(self) -> None:
+        """Drop the scripted faults no request has met yet."""
+        with self._lock:
+            self._faults.clear()
+
+    def _take_fault(self, path: str, raw: bytes = b"") -> dict[str, Any] | None:
         with self._lock:
             for i, fault in enumerate(self._faults):
-                if fault.get("path") in (None, path):
+                if fault.get("path") in (None, path) and fault.get("match", "").encode() in raw:
                     return self._faults.pop(i)
         return None
+
+    def _next_post(self) -> int:
+        with self._lock:
+            self._posts += 1
+            return self._posts
 
     def _take_reply(self) -> str | None:
         with self._lock:
@@ -421,22 +503,62 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(400, _error("request body is not JSON", "invalid_request_error"))
                 return
             stub.bodies.append((path, body))
+            if stub.on_post is not None:
+                stub.on_post(stub._next_post(), path)
             if stub.latency_s > 0:
                 time.sleep(stub.latency_s)
-            fault = stub._take_fault(path)
+            fault = stub._take_fault(path, raw)
             if fault is not None:
                 if self._apply_fault(fault):
                     return
+            elif stub.fault_plan is not None and (kind := stub.fault_plan.draw(path, raw)) is not None:
+                if self._apply_planned(kind, path, body):
+                    return
             if not self._authorised():
                 return
-            if path == "/v1/chat/completions":
-                self._send(*stub.chat_completion(body))
-            elif path == "/v1/completions":
-                self._send(*stub.completion(body))
-            else:
-                self._send(404, _error(f"no route POST {path}", "not_found"))
+            self._send(*self._serve(path, body))
         finally:
             stub.stats.end()
+
+    def _serve(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if path == "/v1/chat/completions":
+            return self.stub.chat_completion(body)
+        if path == "/v1/completions":
+            return self.stub.completion(body)
+        return 404, _error(f"no route POST {path}", "not_found")
+
+    def _apply_planned(self, kind: str, path: str, body: dict[str, Any]) -> bool:
+        """Apply a ``FaultPlan`` fault; True when it answered (or dropped) the request."""
+        stub, plan = self.stub, self.stub.fault_plan
+        assert plan is not None
+        with stub.stats.lock:
+            stub.stats.faults_applied[kind] += 1
+        if kind == "429":
+            wait = plan.retry_after_s
+            headers = {"Retry-After": str(max(1, math.ceil(wait))), "retry-after-ms": str(round(wait * 1000))}
+            self._send(429, _error("rate limit reached", "rate_limit_error"), headers)
+        elif kind == "500":
+            self._send(500, _error("injected error 500", "server_error"))
+        elif kind == "timeout":  # hold the request past the client's timeout, then drop it unanswered
+            stub._stopping.wait(plan.hang_s)
+            self.close_connection = True
+        else:
+            status, payload = self._serve(path, body)
+            data = json.dumps(payload).encode()
+            cut = data[: max(1, len(data) // 2)]
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                # truncated: the headers promise the whole body, the connection closes after half;
+                # invalid_json: a complete reply whose JSON text is cut short
+                self.send_header("Content-Length", str(len(data) if kind == "truncated" else len(cut)))
+                self.end_headers()
+                self.wfile.write(cut)
+                self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            self.close_connection = True
+        return True
 
     def _apply_fault(self, fault: dict[str, Any]) -> bool:
         """Apply ``fault``; True when it answered the request (False: serve it normally after a hang)."""
@@ -468,8 +590,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency", type=float, default=0.0, help="seconds slept per request")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--model", default="stub-model")
+    parser.add_argument("--fault-rate", type=float, default=0.0, help="share of POST requests that fail (see FaultPlan)")
+    parser.add_argument("--fault-seed", type=int, default=0)
     args = parser.parse_args(argv)
-    with OpenAIStub(latency_s=args.latency, model=args.model, port=args.port) as stub:
+    plan = FaultPlan(rate=args.fault_rate, seed=args.fault_seed) if args.fault_rate > 0 else None
+    with OpenAIStub(latency_s=args.latency, model=args.model, port=args.port, fault_plan=plan) as stub:
         print(stub.base_url, flush=True)
         sys.stdin.read()
 

@@ -84,14 +84,19 @@ def parse_score(value: Any, field: str) -> float | None:
     if isinstance(value, bool):
         raise wrong_type(field, value, "number")
     if isinstance(value, (int, float)):
-        return None if math.isnan(value) else float(value)
+        try:
+            return None if math.isnan(value) else float(value)
+        except OverflowError:  # an integer beyond float range (JSON allows any size)
+            raise RowError(
+                "invalid_value", f"field {field!r} is an integer too large for a score ({value.bit_length()} bits)", field=field
+            ) from None
     if isinstance(value, str):
         if value.strip().lower() in UNRATED_STRINGS:
             return None
         try:
             number = float(value.strip())
         except ValueError:
-            raise RowError("invalid_value", f"field {field!r} is {value!r}, expected a number or 'N/A'", field=field) from None
+            raise RowError("invalid_value", f"field {field!r} is {value[:80]!r}, expected a number or 'N/A'", field=field) from None
         return None if math.isnan(number) else number
     raise wrong_type(field, value, "number")
 

@@ -68,6 +68,8 @@ class JsonReader(FileReaderBase):
             raise SourceError(f"{self.label} is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}") from None
         except RecursionError:
             raise SourceError(f"{self.label} is not valid JSON: it is nested too deeply") from None
+        except ValueError as err:  # valid syntax Python will not read, e.g. an integer of over 4,300 digits
+            raise SourceError(f"{self.label} cannot be read: {err}") from None
         if isinstance(doc, list):
             return doc
         if isinstance(doc, dict):

@@ -148,6 +148,8 @@ class JsonlReader(FileReaderBase):
             return error_row(index, "unparsable_json", msg, raw, size)
         except RecursionError:
             return error_row(index, "unparsable_json", f"{where} is not valid JSON: it is nested too deeply", raw, size)
+        except ValueError as err:  # valid syntax Python will not read, e.g. an integer of over 4,300 digits
+            return error_row(index, "unparsable_json", f"{where} cannot be read: {err}", raw, size)
         if type(value) is not dict:
             return not_an_object(index, where, value, raw, size)
         try:  # "\ud800" is valid JSON syntax but no valid text: it cannot be written out later
