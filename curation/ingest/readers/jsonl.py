@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from curation.errors import SourceError
@@ -41,6 +42,10 @@ except ImportError:  # pragma: no cover - depends on the environment
         return _json_loads(line.decode("utf-8"))
 
 
+BLOCK_BYTES = 8 << 20
+"""Lines per block for columnar parsing: big enough that pyarrow's parse dominates the
+per-block overhead, small enough that a block and its columns stay a few tens of MB."""
+
 _JSON_KIND = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean", type(None): "null"}
 
 
@@ -58,9 +63,50 @@ def truncated_row(label: str, index: int, err: BaseException) -> RawRow:
 
 class JsonlReader(FileReaderBase):
     """A .jsonl / .ndjson file, optionally gzipped. Blank lines are skipped but counted,
-    so ``RawRow.index`` is always line number - 1."""
+    so ``RawRow.index`` is always line number - 1.
+
+    Two ways through a file, with the same rows: ``rows()`` parses line by line, and
+    ``blocks()`` hands out lines in blocks for columnar parsing (``jsonl_columns``), whose
+    lines can still become rows one by one through ``LineBlock.row``.
+    """
 
     def _rows(self, allowance: int) -> Iterator[RawRow]:
+        parse = self._parse_line
+        for item in self._items():
+            if type(item) is tuple:
+                row = parse(*item)
+                if row is None:  # blank line
+                    continue
+                yield row
+            else:
+                yield item
+
+    def blocks(self, block_bytes: int = BLOCK_BYTES) -> Iterator[LineBlock | RawRow]:
+        """The file's lines in blocks of about ``block_bytes``, with the error rows of lines that
+        never make it into a block (too large, a broken gzip stream) between them, in file
+        order. The source's row limit does not apply: callers with a limit use ``rows()``."""
+        indexes: list[int] = []
+        lines: list[bytes] = []
+        size = 0
+        for item in self._items():
+            if type(item) is tuple:
+                indexes.append(item[0])
+                lines.append(item[1])
+                size += len(item[1])
+                if size >= block_bytes:
+                    yield LineBlock(self, indexes, lines)
+                    indexes, lines, size = [], [], 0
+                continue
+            if lines:
+                yield LineBlock(self, indexes, lines)
+                indexes, lines, size = [], [], 0
+            yield item
+        if lines:
+            yield LineBlock(self, indexes, lines)
+
+    def _items(self) -> Iterator[tuple[int, bytes] | RawRow]:
+        """Each line within the size limit as ``(index, line)``; error rows for a line over the
+        limit and for a gzip stream that breaks off."""
         stream, hashed = open_stream(self.path)
         with hashed, stream:
             index = -1
@@ -68,9 +114,7 @@ class JsonlReader(FileReaderBase):
                 skip_bom(stream)
                 readline = stream.readline
                 max_bytes = self.max_row_bytes
-                raw_limit = self.raw_limit_bytes
                 chunk = max_bytes + 2  # room for "\r\n" after a row of exactly max_bytes
-                loads = _loads
                 while True:
                     line = readline(chunk)
                     if not line:
@@ -81,27 +125,27 @@ class JsonlReader(FileReaderBase):
                         if row is not None:
                             yield row
                             continue
-                    try:
-                        value = loads(line)
-                    except (ValueError, RecursionError):
-                        row = self._checked(index, line)
-                        if row is None:  # blank line
-                            continue
-                    else:
-                        body = line.rstrip(b"\r\n")
-                        size = len(body)
-                        # the parser checked the UTF-8; "replace" only guards, at no cost
-                        raw = (body if size <= raw_limit else cut_utf8(body, raw_limit)).decode("utf-8", "replace")
-                        if type(value) is dict:
-                            row = RawRow(index, value, raw, size, None)
-                        else:
-                            row = not_an_object(index, f"line {index + 1}", value, raw, size)
-                    yield row
+                    yield index, line
             except GZIP_ERRORS as err:
                 yield truncated_row(self.label, index + 1, err)
             except OSError as err:
                 raise SourceError(f"error while reading {self.label}: {err.strerror or err}") from None
             self._finished(hashed)
+
+    def _parse_line(self, index: int, line: bytes) -> RawRow | None:
+        """The row one line within the size limit holds; None for a blank line."""
+        try:
+            value = _loads(line)
+        except (ValueError, RecursionError):
+            return self._checked(index, line)
+        body = line.rstrip(b"\r\n")
+        size = len(body)
+        limit = self.raw_limit_bytes
+        # the parser checked the UTF-8; "replace" only guards, at no cost
+        raw = (body if size <= limit else cut_utf8(body, limit)).decode("utf-8", "replace")
+        if type(value) is dict:
+            return RawRow(index, value, raw, size, None)
+        return not_an_object(index, f"line {index + 1}", value, raw, size)
 
     def _oversized(self, index: int, line: bytes, readline: Any, chunk: int) -> RawRow | None:
         """A line longer than max_row_bytes, judged by size alone; None if it fits after all
@@ -160,3 +204,22 @@ class JsonlReader(FileReaderBase):
         except (ValueError, RecursionError):
             pass
         return RawRow(index, value, raw, size, None)
+
+
+@dataclass
+class LineBlock:
+    """Consecutive lines of a JSONL file, none over the size limit (blank lines included).
+
+    ``row(i)`` is what ``rows()`` yields for line ``i`` of the block (None for a blank
+    line), so any line the columnar parse cannot vouch for takes the row path unchanged.
+    """
+
+    reader: JsonlReader
+    indexes: list[int]
+    lines: list[bytes]
+
+    def row(self, i: int) -> RawRow | None:
+        return self.reader._parse_line(self.indexes[i], self.lines[i])
+
+    def __len__(self) -> int:
+        return len(self.lines)
