@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -70,6 +71,16 @@ class DedupConfig(Strict):
     exact: bool = True
 
 
+class IngestConfig(Strict):
+    """How ingest runs. Not part of the config hash: both ways give the same rows."""
+
+    columnar: bool = Field(
+        default=True,
+        description="parse JSONL in blocks with pyarrow and adapt them in columns where the adapter can (hh_rlhf); "
+        "false reads every row through the row path",
+    )
+
+
 class PublishConfig(Strict):
     dataset: str
 
@@ -104,6 +115,7 @@ class RunConfig(Strict):
     publish: PublishConfig
     validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
     dedup: DedupConfig = Field(default_factory=DedupConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
     generate: GenerateConfig | None = Field(default=None, description="generate candidates for the kept prompts (optional)")
     label: LabelConfig | None = Field(default=None, description="label the kept and generated pairs with AI labelers (optional)")
     filter: FilterConfig | None = Field(default=None, description="noise filters and human routing over the labelled pairs (optional)")
@@ -117,6 +129,11 @@ class RunConfig(Strict):
     )
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
     batch_size: int = Field(default=5_000, ge=1)
+    threads: int = Field(
+        default_factory=lambda: max(1, min(4, os.cpu_count() or 1)),
+        ge=1,
+        description="threads for the vectorised work of ingest, validate and dedup (not part of the config hash)",
+    )
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     @model_validator(mode="after")
@@ -134,6 +151,8 @@ class RunConfig(Strict):
         d.pop("work_dir", None)
         d.pop("orchestration", None)
         d.pop("batch_size", None)
+        d.pop("threads", None)
+        d.pop("ingest", None)
         if d.get("generate") is None:
             d.pop("generate", None)  # recipes without generation keep the hash they had
         else:

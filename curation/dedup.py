@@ -5,37 +5,95 @@ per message with its role. The first occurrence wins (sources in recipe order, r
 order), so the result is deterministic.
 
 Two streaming passes over the staged pairs: the first computes one 64-bit key per pair (a
-hash of the normalised text; the text itself is never held for more than one batch), the
-second writes kept pairs and a decision per pair. A 64-bit key collides with probability
-about n^2 / 2^65 (3e-8 at a million pairs).
+hash of the normalised messages; the text itself is never held for more than one batch),
+on a few threads, the second writes kept pairs and a decision per pair. A 64-bit key
+collides with probability about n^2 / 2^65 (3e-8 at a million pairs).
+
+Normalising is most of the cost, so it does only what changes the text: NFKC runs only on
+messages holding a character that NFKC could change (``_NFKC_UNSAFE``), and the whitespace
+rule rewrites only runs that are not already one space.
 """
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curation.parallel import ordered_map
+from curation.tables import from_numpy, iter_batches
 from schemas import arrow_schema
 
 KEY_SEED = 20261123
 STAGE = "dedup_exact"
+PARTS = ("prompt", "chosen", "rejected")
+_WHITESPACE_TO_FIX = r"\s{2,}|[^\S ]"  # a run of 2+, or one whitespace that is not a space
 
 
-def _normalised(column: str) -> pl.Expr:
-    content = pl.element().struct.field("content").str.normalize("NFKC").str.replace_all(r"\s+", " ").str.strip_chars().str.to_lowercase()
-    return pl.col(column).list.eval(pl.concat_str([pl.element().struct.field("role"), pl.lit("\x1f"), content])).list.join("\x1e")
+@cache
+def _nfkc_unsafe() -> str:
+    """A regex class of the characters NFKC might change, alone or next to others.
+
+    Safe are the assigned characters below U+3000 that NFKC maps to themselves, that do not
+    combine (canonical combining class 0) and that are not the second half of a canonical
+    composition (nor Hangul jamo, which compose algorithmically). A text of safe characters
+    only is its own NFKC, so NFKC is skipped for it; everything else (higher planes
+    included) is normalised.
+    """
+    seconds = set()
+    for cp in range(0x3000):
+        decomposition = unicodedata.decomposition(chr(cp))
+        if decomposition and not decomposition.startswith("<") and len(parts := decomposition.split()) == 2:
+            seconds.add(int(parts[1], 16))
+    safe = [
+        cp
+        for cp in range(0x3000)
+        if not 0x1100 <= cp < 0x1200
+        and cp not in seconds
+        and unicodedata.category(chr(cp)) not in ("Cn", "Cs")
+        and unicodedata.combining(chr(cp)) == 0
+        and unicodedata.normalize("NFKC", chr(cp)) == chr(cp)
+    ]
+    ranges: list[tuple[int, int]] = []
+    for cp in safe:
+        if ranges and ranges[-1][1] == cp - 1:
+            ranges[-1] = (ranges[-1][0], cp)
+        else:
+            ranges.append((cp, cp))
+    return "[^" + "".join(f"\\x{{{a:x}}}" if a == b else f"\\x{{{a:x}}}-\\x{{{b:x}}}" for a, b in ranges) + "]"
 
 
-def dedup_keys(pairs: pl.DataFrame) -> pl.Series:
+def normalise(text: pl.Series) -> pl.Series:
+    """NFKC, whitespace runs to one space, trimmed, lower-cased."""
+    non_ascii = (text.str.len_bytes() != text.str.len_chars()).arg_true()  # ASCII is its own NFKC
+    if len(non_ascii):
+        at = non_ascii.filter(text.gather(non_ascii).str.contains(_nfkc_unsafe()))
+        if len(at):
+            text = text.scatter(at, text.gather(at).str.normalize("NFKC"))
+    return text.str.replace_all(_WHITESPACE_TO_FIX, " ").str.strip_chars().str.to_lowercase()
+
+
+def _part_keys(messages: pa.Array, seed: int) -> pl.Series:
+    """Per row, the list of its messages' hashes (role and normalised content)."""
+    if isinstance(messages, pa.ChunkedArray):
+        messages = messages.combine_chunks()
+    flat = messages.flatten()
+    hashes = pl.DataFrame({"role": flat.field("role"), "content": normalise(pl.from_arrow(flat.field("content")))}).hash_rows(seed=seed)
+    offsets = messages.offsets.to_numpy().astype(np.int64) - messages.offsets[0].as_py()
+    return pl.from_arrow(pa.LargeListArray.from_arrays(from_numpy(offsets), hashes.to_arrow()))
+
+
+def dedup_keys(pairs: pa.RecordBatch | pa.Table) -> pl.Series:
     """One UInt64 key per pair: equal keys mean equal normalised prompt, chosen and rejected."""
-    return pairs.select(
-        pl.concat_str([_normalised("prompt"), _normalised("chosen"), _normalised("rejected")], separator="\x1d").hash(seed=KEY_SEED)
-    ).to_series()
+    parts = {name: _part_keys(pairs.column(name), KEY_SEED + i) for i, name in enumerate(PARTS)}
+    return pl.DataFrame(parts).hash_rows(seed=KEY_SEED)
 
 
 @dataclass
@@ -50,14 +108,15 @@ class DedupPlan:
         return int((~self.keep).sum())
 
 
-def plan(batches: Iterator[pa.RecordBatch], *, enabled: bool = True) -> DedupPlan:
+def plan(batches: Iterator[pa.RecordBatch], *, enabled: bool = True, threads: int = 1) -> DedupPlan:
     """First pass: which pairs to keep, from batches with pair_id, prompt, chosen, rejected."""
     ids, keys = [], []
-    for batch in batches:
-        df = pl.from_arrow(batch)
-        ids.append(df["pair_id"])
+    for batch_ids, batch_keys in ordered_map(
+        lambda b: (pl.from_arrow(b.column("pair_id")), dedup_keys(b) if enabled else None), batches, threads
+    ):
+        ids.append(batch_ids)
         if enabled:
-            keys.append(dedup_keys(df))
+            keys.append(batch_keys)
     frame = pl.DataFrame({"pair_id": pl.concat(ids) if ids else pl.Series([], dtype=pl.String)})
     if not enabled or not ids:
         return DedupPlan(pl.repeat(True, frame.height, eager=True), pl.repeat(None, frame.height, dtype=pl.String, eager=True))
@@ -77,7 +136,7 @@ def apply(source: str | Path, kept_path: str | Path, decisions_path: str | Path,
         pq.ParquetWriter(kept_path, pairs_schema, compression="zstd") as kept_w,
         pq.ParquetWriter(decisions_path, dec_schema, compression="zstd") as dec_w,
     ):
-        for batch in pq.ParquetFile(source).iter_batches(batch_size=batch_size):
+        for batch in iter_batches(source, batch_size=batch_size):
             n = batch.num_rows
             keep = dplan.keep.slice(offset, n).to_arrow()
             matched = dplan.matched.slice(offset, n).to_arrow().cast(pa.string())

@@ -13,9 +13,13 @@ import re
 from collections.abc import Callable
 from typing import Literal
 
+import numpy as np
+import polars as pl
+import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from curation.errors import RowError
+from curation.ingest.adapters._columns import PY_WHITESPACE, ColumnForm, ColumnPairs, messages, ranges
 from curation.ingest.adapters._fields import get_str
 from curation.records import Message, PairDraft
 
@@ -94,3 +98,73 @@ def build(options: Options) -> Callable[[dict, str], list[PairDraft]]:
         return [PairDraft(prompt=chosen[:cut], chosen=chosen[cut:], rejected=rejected[cut:], metadata=metadata)]
 
     return adapt
+
+
+# The columnar form: each marker becomes a separator plus a role letter, so one split gives
+# [text before the first marker, "U<turn>", "A<turn>", ...]. Chosen texts that hold the
+# separator themselves take the row path.
+_SEPARATOR = "\x1e"
+_MARKERS = ["\n\nHuman:", "\n\nAssistant:"]
+_TAGGED = [_SEPARATOR + "U", _SEPARATOR + "A"]
+
+
+def build_columns(options: Options) -> ColumnForm:
+    """The columnar twin of ``build``. It vouches for the common row only: both transcripts
+    well-formed, alternating Human/Assistant turns, identical up to their final Assistant
+    turn, so the prompt is every turn but the last. Rows that diverge earlier, are malformed
+    or have a missing or null field take the row path."""
+    cf, rf = options.chosen_field, options.rejected_field
+
+    def adapt(table: pa.Table) -> ColumnPairs:
+        return _adapt_columns(pl.from_arrow(table.column(cf)), pl.from_arrow(table.column(rf)))
+
+    return ColumnForm(tuple(dict.fromkeys((cf, rf))), adapt)
+
+
+def _turn_parts(text: pl.Series) -> pl.Series:
+    return text.fill_null("").str.replace_many(_MARKERS, _TAGGED).str.split(_SEPARATOR)
+
+
+def _adapt_columns(chosen: pl.Series, rejected: pl.Series) -> ColumnPairs:
+    """Only the chosen transcript is cut into turns: a vouched rejected one is the chosen one's
+    text up to its last Assistant marker, then a final turn with no marker in it. (Markers
+    cannot overlap one another, so none can straddle that point.)"""
+    parts = _turn_parts(chosen)
+    frame = pl.DataFrame({"c": chosen, "r": rejected, "parts": parts})
+    last = pl.col("parts").list.last()
+    shared = pl.col("c").str.head(pl.col("c").str.len_chars() - last.str.len_chars() + 1)  # up to the last marker
+    frame = frame.with_columns(shared_len=shared.str.len_chars(), rejected_ok=pl.col("r").str.starts_with(shared))
+    rest = pl.col("r").str.slice(pl.col("shared_len"))
+    vouched = frame.select(
+        (  # a null or empty transcript has no turns, so it fails the roles test
+            ~pl.col("c").str.contains(_SEPARATOR, literal=True)
+            & (pl.col("parts").list.first().str.strip_chars(PY_WHITESPACE) == "")
+            & pl.col("parts").list.slice(1).list.eval(pl.element().str.head(1)).list.join("").str.contains("^(?:UA)+$")
+            & pl.col("rejected_ok")
+            & ~rest.str.contains("\n\n(?:Human|Assistant):")
+        ).fill_null(False)
+    ).to_series()
+    n_parts = frame["parts"].list.len().to_numpy().astype(np.int64)
+    ends = np.cumsum(n_parts)
+    flat = frame["parts"].explode()
+    prompt_len = np.maximum(n_parts - 2, 0)
+    prompt_turns = flat.gather(ranges(ends - n_parts + 1, prompt_len)).str.slice(1)
+    one = np.ones(len(n_parts), np.int64)
+    assistant = pl.repeat("assistant", len(n_parts), eager=True)
+    return ColumnPairs(
+        prompt=messages(_alternating_roles(prompt_len), _content(prompt_turns), prompt_len),
+        chosen=messages(assistant, _content(flat.gather(ends - 1).str.slice(1)), one),
+        rejected=messages(assistant, _content(frame.select(rest.fill_null("")).to_series()), one),
+        vouched=vouched.to_numpy(),
+    )
+
+
+def _alternating_roles(lengths: np.ndarray) -> pl.Series:
+    """user, assistant, user, ... for each row's prompt turns (what a vouched transcript has)."""
+    position = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return pl.Series(["user", "assistant"]).gather(position % 2)
+
+
+def _content(turns: pl.Series) -> pl.Series:
+    """As ``parse_transcript``: one space after the marker and trailing whitespace are layout."""
+    return turns.str.strip_prefix(" ").str.strip_chars_end(PY_WHITESPACE).fill_null("")

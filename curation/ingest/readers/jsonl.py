@@ -81,10 +81,12 @@ class JsonlReader(FileReaderBase):
             else:
                 yield item
 
-    def blocks(self, block_bytes: int = BLOCK_BYTES) -> Iterator[LineBlock | RawRow]:
-        """The file's lines in blocks of about ``block_bytes``, with the error rows of lines that
-        never make it into a block (too large, a broken gzip stream) between them, in file
-        order. The source's row limit does not apply: callers with a limit use ``rows()``."""
+    def blocks(self, block_bytes: int | None = None) -> Iterator[LineBlock | RawRow]:
+        """The file's lines in blocks of about ``block_bytes`` (default ``BLOCK_BYTES``), with the
+        error rows of lines that never make it into a block (too large, a broken gzip stream)
+        between them, in file order. The source's row limit does not apply: callers with a
+        limit use ``rows()``."""
+        block_bytes = block_bytes or BLOCK_BYTES
         indexes: list[int] = []
         lines: list[bytes] = []
         size = 0
