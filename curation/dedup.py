@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curation.parallel import ordered_map
-from curation.tables import from_numpy, iter_batches
+from curation.tables import from_numpy
 from schemas import arrow_schema
 
 KEY_SEED = 20261123
@@ -108,12 +108,22 @@ class DedupPlan:
         return int((~self.keep).sum())
 
 
-def plan(batches: Iterator[pa.RecordBatch], *, enabled: bool = True, threads: int = 1) -> DedupPlan:
-    """First pass: which pairs to keep, from batches with pair_id, prompt, chosen, rejected."""
+def plan(batches: Iterator[tuple[pa.RecordBatch, np.ndarray | None]], *, enabled: bool = True, threads: int = 1) -> DedupPlan:
+    """First pass: which pairs to keep, from (batch, row mask) with pair_id, prompt, chosen,
+    rejected (see ``tables.selected_batches``; rows outside the mask are not pairs here)."""
     ids, keys = [], []
-    for batch_ids, batch_keys in ordered_map(
-        lambda b: (pl.from_arrow(b.column("pair_id")), dedup_keys(b) if enabled else None), batches, threads
-    ):
+
+    def ids_and_keys(item: tuple[pa.RecordBatch, np.ndarray | None]) -> tuple[pl.Series, pl.Series | None]:
+        batch, mask = item
+        # a copy: a view would keep the whole batch (all its text) alive until the plan is made
+        column = batch.column("pair_id")
+        batch_ids = pl.from_arrow(pa.concat_arrays([column]) if mask is None else column.filter(from_numpy(mask)))
+        if not enabled:
+            return batch_ids, None
+        batch_keys = dedup_keys(batch)
+        return batch_ids, batch_keys if mask is None else batch_keys.filter(pl.Series(mask))
+
+    for batch_ids, batch_keys in ordered_map(ids_and_keys, batches, threads):
         ids.append(batch_ids)
         if enabled:
             keys.append(batch_keys)
@@ -127,40 +137,54 @@ def plan(batches: Iterator[pa.RecordBatch], *, enabled: bool = True, threads: in
     return DedupPlan(out["keep"], out["matched"])
 
 
-def apply(source: str | Path, kept_path: str | Path, decisions_path: str | Path, dplan: DedupPlan, *, batch_size: int) -> int:
-    """Second pass: write kept pairs and one decision per pair; returns the number kept."""
+def apply(
+    batches: Iterator[tuple[pa.RecordBatch, np.ndarray | None]],
+    kept_path: str | Path,
+    decisions_path: str | Path,
+    dplan: DedupPlan,
+    *,
+    threads: int = 1,
+) -> int:
+    """Second pass, over the same (batch, row mask) as the plan: write kept pairs and one
+    decision per pair; returns the number kept. Batches are filtered on ``threads`` threads
+    while this one writes (the Parquet writer compresses on one thread)."""
     pairs_schema, dec_schema = arrow_schema("pairs"), arrow_schema("decisions")
+
+    def with_plan() -> Iterator[tuple[pa.RecordBatch, np.ndarray, pa.Array]]:
+        offset = 0
+        for batch, mask in batches:
+            pairs = batch if mask is None else batch.filter(from_numpy(mask))
+            n = pairs.num_rows
+            yield pairs, dplan.keep.slice(offset, n).to_numpy(), dplan.matched.slice(offset, n).to_arrow().cast(pa.string())
+            offset += n
+
+    def tables(item: tuple[pa.RecordBatch, np.ndarray, pa.Array]) -> tuple[pa.Table, pa.Table]:
+        pairs, keep, matched = item
+        kept_rows = pa.Table.from_batches([pairs if keep.all() else pairs.filter(from_numpy(keep))]).cast(pairs_schema)
+        return kept_rows, _decisions(pairs, keep, matched, dec_schema)
+
     kept = 0
-    offset = 0
     with (
         pq.ParquetWriter(kept_path, pairs_schema, compression="zstd") as kept_w,
         pq.ParquetWriter(decisions_path, dec_schema, compression="zstd") as dec_w,
     ):
-        for batch in iter_batches(source, batch_size=batch_size):
-            n = batch.num_rows
-            keep = dplan.keep.slice(offset, n).to_arrow()
-            matched = dplan.matched.slice(offset, n).to_arrow().cast(pa.string())
-            offset += n
-            table = pa.Table.from_batches([batch]).cast(pairs_schema)
-            kept_rows = table.filter(keep)
+        for kept_rows, decisions in ordered_map(tables, with_plan(), threads):
             kept += kept_rows.num_rows
             kept_w.write_table(kept_rows)
-            flags = keep.to_pylist()
-            decision = pa.array(["kept" if k else "filtered" for k in flags], pa.string())
-            reason = pa.array([None if k else "exact_duplicate" for k in flags], pa.string())
-            dec = pa.table(
-                {
-                    "pair_id": table["pair_id"],
-                    "source_dataset": table["source_dataset"],
-                    "source_file": table["source_file"],
-                    "source_row": table["source_row"],
-                    "source_pair_index": table["source_pair_index"],
-                    "stage": pa.array([STAGE] * n, pa.string()),
-                    "decision": decision,
-                    "reason": reason,
-                    "matched_pair_id": matched,
-                    "scores": pa.nulls(n, dec_schema.field("scores").type),
-                }
-            ).cast(dec_schema)
-            dec_w.write_table(dec)
+            dec_w.write_table(decisions)
     return kept
+
+
+def _decisions(pairs: pa.RecordBatch, keep: np.ndarray, matched: pa.Array, schema: pa.Schema) -> pa.Table:
+    n = pairs.num_rows
+    columns = {name: pairs.column(name) for name in ("pair_id", "source_dataset", "source_file", "source_row", "source_pair_index")}
+    return pa.table(
+        {
+            **columns,
+            "stage": pa.array([STAGE] * n, pa.string()),
+            "decision": pa.array(np.where(keep, "kept", "filtered").tolist(), pa.string()),
+            "reason": pa.array([None if k else "exact_duplicate" for k in keep.tolist()], pa.string()),
+            "matched_pair_id": matched,
+            "scores": pa.nulls(n, schema.field("scores").type),
+        }
+    ).cast(schema)

@@ -26,6 +26,7 @@ from curation.progress import Progress
 from curation.report import write_report
 from curation.stages import StageOutput
 from curation.store import DatasetStore, VersionInfo
+from curation.tables import ARROW_SUFFIX
 
 
 @dataclass
@@ -206,7 +207,7 @@ def finish_run(
         DatasetStore(cfg.data_root).put_files(info.dataset, f"reports/v{info.version}", out)
     shutil.copy2(out / "summary.json", run_dir / "summary.json")
     if not keep_staging:
-        for staged in run_dir.glob("*.parquet"):
+        for staged in (*run_dir.glob("*.parquet"), *run_dir.glob(f"*{ARROW_SUFFIX}")):
             staged.unlink()
     return RunResult(info.dataset, info.version, False, funnel, timings, str(run_dir), str(out), summary)
 

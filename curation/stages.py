@@ -26,7 +26,7 @@ from curation.ingest.readers.jsonl import LineBlock
 from curation.ingest.rows import RowOutcomes, filtered_row, pair_row, quarantine_row
 from curation.parallel import ordered_map
 from curation.progress import NoProgress, Progress
-from curation.tables import TableWriter, from_numpy, iter_batches
+from curation.tables import TableWriter, iter_batches, link_or_copy, read_positions, selected_batches, write_positions
 from curation.validate import check_content, pair_as_raw
 from curation.validate_fast import suspect_rows
 from schemas import arrow_schema
@@ -184,7 +184,10 @@ def validate(cfg: RunConfig, work_dir: str | Path, ingested: StageOutput, progre
     """Apply the recipe's content rules; failing pairs go to quarantine (stage 'validate').
 
     A vectorised pre-check flags the pairs that might fail; only those are checked row by
-    row (see ``validate_fast``), and the rest are copied through as Arrow batches.
+    row (see ``validate_fast``). Validation removes pairs and changes none, so the stage
+    hands on the ingested pairs file as it is (hard-linked into its folder) with the
+    positions it excluded (``excluded``), instead of writing the pairs again: at a million
+    pairs that write was a third of the spine's time. ``selected_batches`` reads the two.
     """
     progress = progress or NoProgress()
     work = Path(work_dir)
@@ -194,24 +197,22 @@ def validate(cfg: RunConfig, work_dir: str | Path, ingested: StageOutput, progre
     by_code: Counter[str] = Counter()
     schema = arrow_schema("pairs")
     progress.start("validate", ingested.counts["pairs_out"])
-    valid = 0
-    with (
-        TableWriter(work / "validated.arrow", "pairs", batch_size=cfg.batch_size) as ok_w,
-        TableWriter(work / "quarantine-validate.parquet", "quarantine", batch_size=cfg.batch_size) as quar_w,
-    ):
+    excluded: list[int] = []
+    offset = 0
+    with TableWriter(work / "quarantine-validate.parquet", "quarantine", batch_size=cfg.batch_size) as quar_w:
 
-        def flagged(batch: pa.RecordBatch) -> tuple[pa.Table, pl.Series]:
+        def flagged(batch: pa.RecordBatch) -> tuple[pa.RecordBatch, pl.Series]:
             table = pa.Table.from_batches([batch]).cast(schema)
-            return table, suspect_rows(pl.from_arrow(table), allowed_roles=roles, allow_empty_prompt=rules.allow_empty_prompt)
+            return batch, suspect_rows(pl.from_arrow(table), allowed_roles=roles, allow_empty_prompt=rules.allow_empty_prompt)
 
-        for table, suspect in ordered_map(flagged, iter_batches(ingested.files["pairs"], batch_size=cfg.batch_size), cfg.threads):
-            keep = ~suspect.to_numpy()
+        for batch, suspect in ordered_map(flagged, iter_batches(ingested.files["pairs"], batch_size=cfg.batch_size), cfg.threads):
             for i in suspect.arg_true().to_list():
-                pair = table.slice(i, 1).to_pylist()[0]
+                pair = batch.slice(i, 1).to_pylist()[0]
                 try:
                     check_content(pair, allowed_roles=roles, allow_empty_prompt=rules.allow_empty_prompt)
                 except RowError as err:
                     by_code[err.code] += 1
+                    excluded.append(offset + i)
                     raw, size = pair_as_raw(pair, rules.raw_limit_bytes)
                     quar_w.append(
                         quarantine_row(
@@ -225,15 +226,13 @@ def validate(cfg: RunConfig, work_dir: str | Path, ingested: StageOutput, progre
                             pair["source_pair_index"],
                         )
                     )
-                    continue
-                keep[i] = True
-            good = table.filter(from_numpy(keep))
-            valid += good.num_rows
-            ok_w.write_table(good)
-            progress.advance(table.num_rows)
+            offset += batch.num_rows
+            progress.advance(batch.num_rows)
     progress.finish()
-    counts = {"pairs_in": ingested.counts["pairs_out"], "valid": valid, "quarantined": dict(by_code)}
-    files = {"pairs": str(ok_w.path), "quarantine": str(quar_w.path)}
+    pairs = link_or_copy(ingested.files["pairs"], work / ("validated" + Path(ingested.files["pairs"]).suffix))
+    excluded_path = write_positions(excluded, work / "validated-excluded.parquet")
+    counts = {"pairs_in": ingested.counts["pairs_out"], "valid": offset - len(excluded), "quarantined": dict(by_code)}
+    files = {"pairs": str(pairs), "excluded": str(excluded_path), "quarantine": str(quar_w.path)}
     return StageOutput("validate", files, counts, time.perf_counter() - started)
 
 
@@ -246,12 +245,13 @@ def dedup(cfg: RunConfig, work_dir: str | Path, validated: StageOutput, progress
     progress = progress or NoProgress()
     work = Path(work_dir)
     started = time.perf_counter()
-    source = validated.files["pairs"]
+    source, excluded = validated.files["pairs"], read_positions(validated.files.get("excluded"))
     progress.start("dedup", validated.counts["valid"])
     columns = ["pair_id", "prompt", "chosen", "rejected"]
-    dplan = exact_dedup.plan(iter_batches(source, batch_size=cfg.batch_size, columns=columns), enabled=cfg.dedup.exact, threads=cfg.threads)
+    batches = selected_batches(source, excluded, batch_size=cfg.batch_size, columns=columns)
+    dplan = exact_dedup.plan(batches, enabled=cfg.dedup.exact, threads=cfg.threads)
     kept_path, dec_path = work / "kept.parquet", work / "decisions-dedup.parquet"
-    kept = exact_dedup.apply(source, kept_path, dec_path, dplan, batch_size=cfg.batch_size)
+    kept = exact_dedup.apply(selected_batches(source, excluded, batch_size=cfg.batch_size), kept_path, dec_path, dplan, threads=cfg.threads)
     progress.advance(validated.counts["valid"])
     progress.finish()
     counts = {

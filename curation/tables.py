@@ -2,14 +2,16 @@
 
 Stages hand each other files, never whole tables in memory: a writer buffers one batch of
 rows and flushes it with the contract's schema. Published tables are Parquet (zstd). The
-pairs a stage hands only to the next stage can be Arrow IPC files instead (``.arrow``,
-uncompressed): written and read at about memory speed, they cost a fraction of a Parquet
-round trip, which at a million pairs is seconds per stage, for about 1 KB of disk
-per HH pair while the run lasts.
+pairs a stage hands only to the next stage can be Arrow IPC files instead (``.arrow``, zstd
+buffers): they cost a fraction of a Parquet round trip, which at a million pairs is seconds
+per stage. Compressed, because uncompressed they are a gigabyte per million HH pairs, and
+writing that took longer than compressing it on two cores.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,9 +21,11 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
+from curation.parallel import ordered_map
 from schemas import arrow_schema
 
 ARROW_SUFFIX = ".arrow"
+READ_AHEAD = 2
 
 
 class TableWriter:
@@ -37,7 +41,8 @@ class TableWriter:
         self._rows: list[dict[str, Any]] = []
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.suffix == ARROW_SUFFIX:
-            self._writer: Any = ipc.new_file(str(self.path), self.schema)
+            options = ipc.IpcWriteOptions(compression="zstd")  # buffers compressed on threads
+            self._writer: Any = ipc.new_file(str(self.path), self.schema, options=options)
         else:
             self._writer = pq.ParquetWriter(self.path, self.schema, compression="zstd")
 
@@ -90,12 +95,52 @@ def iter_batches(path: str | Path, *, batch_size: int, columns: list[str] | None
     # until the kernel needs them, which at a million pairs is a gigabyte
     with pa.OSFile(str(path)) as source:
         reader = ipc.open_file(source)
-        for i in range(reader.num_record_batches):
-            batch = reader.get_batch(i)
+        # the next batches are read and decompressed on other threads while this one is used
+        for batch in ordered_map(reader.get_batch, range(reader.num_record_batches), READ_AHEAD, window=READ_AHEAD):
             if columns is not None:
                 batch = batch.select(columns)
             for start in range(0, batch.num_rows, batch_size):
                 yield batch.slice(start, batch_size)
+
+
+def link_or_copy(source: str | Path, target: str | Path) -> Path:
+    """``target`` as a hard link to ``source`` (a copy across file systems): a later stage's
+    own name for an unchanged file, which outlives the earlier stage's folder."""
+    target = Path(target)
+    target.unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+    return target
+
+
+def write_positions(positions: list[int], path: str | Path) -> Path:
+    """Row positions (ascending) as a one-column Parquet file."""
+    pq.write_table(pa.table({"row": pa.array(positions, pa.int64())}), path)
+    return Path(path)
+
+
+def read_positions(path: str | Path | None) -> np.ndarray:
+    if path is None:
+        return np.zeros(0, np.int64)
+    return pq.read_table(path, columns=["row"]).column("row").to_numpy()
+
+
+def selected_batches(
+    path: str | Path, excluded: np.ndarray, *, batch_size: int, columns: list[str] | None = None
+) -> Iterator[tuple[pa.RecordBatch, np.ndarray | None]]:
+    """The file's batches, each with the mask of its rows not at an ``excluded`` position
+    (None: all of them), for a stage that hands on a file with the rows it dropped."""
+    offset = 0
+    for batch in iter_batches(path, batch_size=batch_size, columns=columns):
+        lo, hi = np.searchsorted(excluded, [offset, offset + batch.num_rows])
+        mask = None
+        if hi > lo:
+            mask = np.ones(batch.num_rows, np.bool_)
+            mask[excluded[lo:hi] - offset] = False
+        offset += batch.num_rows
+        yield batch, mask
 
 
 def from_numpy(values: np.ndarray) -> pa.Array:

@@ -34,7 +34,9 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "samples" / "hh-rlhf-harmless-base" / "test-dev-1200.jsonl"
 
 
-def run_ingest(path: Path, work: Path, *, columnar: bool, options: dict[str, Any] | None = None, threads: int = 2) -> dict[str, Any]:
+def run_ingest(
+    path: Path, work: Path, *, columnar: bool, options: dict[str, Any] | None = None, threads: int = 2, max_row_bytes: int = 1_000_000
+) -> dict[str, Any]:
     source = {"name": "hh", "path": str(path), "adapter": "hh_rlhf", "options": options or {}}
     cfg = parse_config(
         {
@@ -44,6 +46,7 @@ def run_ingest(path: Path, work: Path, *, columnar: bool, options: dict[str, Any
             "batch_size": 50,
             "threads": threads,
             "ingest": {"columnar": columnar},
+            "validate": {"max_row_bytes": max_row_bytes, "raw_limit_bytes": 100},
         }
     )
     work.mkdir(parents=True, exist_ok=True)
@@ -57,9 +60,9 @@ def run_ingest(path: Path, work: Path, *, columnar: bool, options: dict[str, Any
     }
 
 
-def assert_same_ingest(path: Path, tmp: Path, options: dict[str, Any] | None = None) -> dict[str, Any]:
-    rows = run_ingest(path, tmp / "rows", columnar=False, options=options)
-    blocks = run_ingest(path, tmp / "blocks", columnar=True, options=options)
+def assert_same_ingest(path: Path, tmp: Path, options: dict[str, Any] | None = None, max_row_bytes: int = 1_000_000) -> dict[str, Any]:
+    rows = run_ingest(path, tmp / "rows", columnar=False, options=options, max_row_bytes=max_row_bytes)
+    blocks = run_ingest(path, tmp / "blocks", columnar=True, options=options, max_row_bytes=max_row_bytes)
     for key in rows:
         assert blocks[key] == rows[key], key
     return rows
@@ -168,6 +171,24 @@ def test_oversized_lines_gzip_and_truncated_gzip_same_on_both_paths(tmp_path: Pa
     cut.write_bytes(gzip.compress(data)[: len(gzip.compress(data)) * 2 // 3])
     out = assert_same_ingest(cut, tmp_path / "cut")
     assert out["quarantine"][-1]["error_code"] == "truncated_file"
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz"])
+def test_lines_over_the_size_limit_same_on_both_paths(tmp_path: Path, small_blocks: None, suffix: str) -> None:
+    """Around the limit (600 bytes here): just under, at, just over, with and without "\\r\\n",
+    longer than a whole block (2,000 bytes), and a last line over the limit with no break."""
+
+    def row(size: int) -> bytes:
+        base = json.dumps(good("q", "a", "")).encode()
+        return base[:-2] + b"x" * (size - len(base)) + base[-2:]
+
+    lines = [row(599), row(600), row(601), row(600) + b"\r", row(601) + b"\r", row(5_000), b"", row(100), row(50_000), row(700)]
+    data = b"\n".join(lines)  # row(600) + b"\r" then "\n": a CRLF line of 600 bytes
+    path = tmp_path / f"big{suffix}"
+    path.write_bytes(gzip.compress(data) if suffix.endswith(".gz") else data)
+    out = assert_same_ingest(path, tmp_path, max_row_bytes=600)
+    too_large = [q["source_row"] for q in out["quarantine"] if q["error_code"] == "row_too_large"]
+    assert too_large == [2, 4, 5, 8, 9]
 
 
 @SLOW

@@ -51,7 +51,7 @@ def ingest_block(block: LineBlock, form: ColumnForm, adapter: Any, src: SourceCo
     columns = read_columns(block, form.fields)
     drafts = form.adapt(columns.table)
     vouched = drafts.vouched
-    indexes = np.asarray(block.indexes, np.int64)
+    indexes = block.indexes
     fast = _pairs_table(drafts, vouched, indexes[columns.positions[vouched]], src, file)
     outcomes = RowOutcomes(rows_in=fast.num_rows, rows_with_pairs=fast.num_rows)
     for pos in np.union1d(columns.slow, columns.positions[~vouched]).tolist():

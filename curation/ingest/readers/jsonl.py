@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from curation.errors import SourceError
 from curation.ingest.readers._common import (
     GZIP_ERRORS,
@@ -24,6 +26,7 @@ from curation.ingest.readers._common import (
     cut_utf8,
     describe_decode_error,
     error_row,
+    is_gzip_name,
     open_stream,
     raw_text,
     skip_bom,
@@ -85,8 +88,15 @@ class JsonlReader(FileReaderBase):
         """The file's lines in blocks of about ``block_bytes`` (default ``BLOCK_BYTES``), with the
         error rows of lines that never make it into a block (too large, a broken gzip stream)
         between them, in file order. The source's row limit does not apply: callers with a
-        limit use ``rows()``."""
+        limit use ``rows()``. A plain file is read in chunks whose line breaks numpy finds;
+        a gzipped one line by line, so a stream that breaks off loses no complete line."""
         block_bytes = block_bytes or BLOCK_BYTES
+        if is_gzip_name(self.path):
+            yield from self._gzip_blocks(block_bytes)
+        else:
+            yield from self._plain_blocks(block_bytes)
+
+    def _gzip_blocks(self, block_bytes: int) -> Iterator[LineBlock | RawRow]:
         indexes: list[int] = []
         lines: list[bytes] = []
         size = 0
@@ -96,15 +106,67 @@ class JsonlReader(FileReaderBase):
                 lines.append(item[1])
                 size += len(item[1])
                 if size >= block_bytes:
-                    yield LineBlock(self, indexes, lines)
+                    yield LineBlock.of_lines(self, indexes, lines)
                     indexes, lines, size = [], [], 0
                 continue
             if lines:
-                yield LineBlock(self, indexes, lines)
+                yield LineBlock.of_lines(self, indexes, lines)
                 indexes, lines, size = [], [], 0
             yield item
         if lines:
-            yield LineBlock(self, indexes, lines)
+            yield LineBlock.of_lines(self, indexes, lines)
+
+    def _plain_blocks(self, block_bytes: int) -> Iterator[LineBlock | RawRow]:
+        stream, hashed = open_stream(self.path)
+        with hashed, stream:
+            try:
+                skip_bom(stream)
+                index = 0  # of the next line
+                carry = b""
+                while True:
+                    chunk = stream.read(block_bytes)
+                    data = carry + chunk if carry else chunk
+                    if not chunk:  # the end; what is left is a last line without a line break
+                        if data:
+                            yield from self._cut(data, index)
+                        break
+                    end = data.rfind(b"\n") + 1
+                    if end == 0:
+                        if len(data) > self.max_row_bytes + 1:  # one line, already over the limit, goes on
+                            yield self._oversized(index, data, stream.readline, len(data))
+                            index += 1
+                            carry = b""
+                        else:
+                            carry = data
+                        continue
+                    carry = data[end:]
+                    for item in self._cut(data[:end], index):
+                        yield item
+                        index += len(item) if isinstance(item, LineBlock) else 1
+            except OSError as err:
+                raise SourceError(f"error while reading {self.label}: {err.strerror or err}") from None
+            self._finished(hashed)
+
+    def _cut(self, data: bytes, first: int) -> Iterator[LineBlock | RawRow]:
+        """Complete lines (the last may lack its break) as blocks, split around lines over the limit."""
+        buf = np.frombuffer(data, np.uint8)
+        ends = np.flatnonzero(buf == 10) + 1
+        if not len(ends) or ends[-1] != len(data):
+            ends = np.append(ends, len(data))
+        starts = np.concatenate(([0], ends[:-1]))
+        breaks = (buf[ends - 1] == 10).astype(np.int64)
+        crlf = np.zeros(len(ends), np.bool_)
+        two = (ends - starts >= 2) & (breaks == 1)
+        crlf[two] = buf[ends[two] - 2] == 13
+        sizes = ends - starts - breaks - crlf
+        lo = 0
+        for big in np.flatnonzero(sizes > self.max_row_bytes).tolist():
+            if big > lo:
+                yield LineBlock(self, data, starts[lo:big], ends[lo:big], first + lo)
+            yield self._too_large(first + big, data[starts[big] : starts[big] + self.raw_limit_bytes], int(sizes[big]))
+            lo = big + 1
+        if lo < len(ends):
+            yield LineBlock(self, data, starts[lo:], ends[lo:], first + lo)
 
     def _items(self) -> Iterator[tuple[int, bytes] | RawRow]:
         """Each line within the size limit as ``(index, line)``; error rows for a line over the
@@ -168,6 +230,9 @@ class JsonlReader(FileReaderBase):
         size = total - (2 if tail == b"\r\n" else 1 if tail[-1:] == b"\n" else 0)
         if size <= self.max_row_bytes:
             return None
+        return self._too_large(index, head, size)
+
+    def _too_large(self, index: int, head: bytes, size: int) -> RawRow:
         msg = f"line {index + 1} is {size:,} bytes, over the limit of {self.max_row_bytes:,} bytes (validate.max_row_bytes); it was not parsed"
         return error_row(index, "row_too_large", msg, raw_text(head, self.raw_limit_bytes), size)
 
@@ -210,18 +275,33 @@ class JsonlReader(FileReaderBase):
 
 @dataclass
 class LineBlock:
-    """Consecutive lines of a JSONL file, none over the size limit (blank lines included).
+    """Consecutive lines of a JSONL file, none over the size limit (blank lines included):
+    line ``i`` is ``data[starts[i]:ends[i]]``, line ``first + i`` of the file.
 
     ``row(i)`` is what ``rows()`` yields for line ``i`` of the block (None for a blank
     line), so any line the columnar parse cannot vouch for takes the row path unchanged.
     """
 
     reader: JsonlReader
-    indexes: list[int]
-    lines: list[bytes]
+    data: bytes
+    starts: np.ndarray
+    ends: np.ndarray
+    first: int
+
+    @classmethod
+    def of_lines(cls, reader: JsonlReader, indexes: list[int], lines: list[bytes]) -> LineBlock:
+        ends = np.cumsum(np.fromiter(map(len, lines), np.int64, len(lines)))
+        return cls(reader, b"".join(lines), ends - np.fromiter(map(len, lines), np.int64, len(lines)), ends, indexes[0])
+
+    def line(self, i: int) -> bytes:
+        return self.data[self.starts[i] : self.ends[i]]
 
     def row(self, i: int) -> RawRow | None:
-        return self.reader._parse_line(self.indexes[i], self.lines[i])
+        return self.reader._parse_line(self.first + i, self.line(i))
+
+    @property
+    def indexes(self) -> np.ndarray:
+        return self.first + np.arange(len(self.starts))
 
     def __len__(self) -> int:
-        return len(self.lines)
+        return len(self.starts)

@@ -52,10 +52,11 @@ class BlockColumns:
 
 def read_columns(block: LineBlock, fields: Sequence[str]) -> BlockColumns:
     schema = pa.schema([pa.field(f, pa.string()) for f in fields])
-    lines = block.lines
-    data = b"".join(lines)
-    block_size = max(1 << 20, max(map(len, lines)) + 1)  # a line may not straddle pyarrow's blocks
-    fast = _vouched_lines(lines, data)
+    data, starts, ends = block.data, block.starts, block.ends
+    whole = data[starts[0] : ends[-1]] if len(starts) else b""
+    lengths = ends - starts
+    block_size = max(1 << 20, int(lengths.max(initial=0)) + 1)  # a line may not straddle pyarrow's blocks
+    fast = _vouched_lines(whole, starts - starts[0] if len(starts) else starts, lengths)
     tables: list[pa.Table] = []
     positions: list[np.ndarray] = []
     slow: list[np.ndarray] = [np.flatnonzero(~fast)]
@@ -64,8 +65,8 @@ def read_columns(block: LineBlock, fields: Sequence[str]) -> BlockColumns:
         part = todo.pop()
         if not len(part):
             continue
-        whole = len(part) == len(lines)
-        table = _parse(data if whole else b"".join([lines[i] for i in part]), len(part), schema, block_size)
+        text = whole if len(part) == len(starts) else b"".join([block.line(i) for i in part.tolist()])
+        table = _parse(text, len(part), schema, block_size)
         if table is not None:
             tables.append(table)
             positions.append(part)
@@ -80,19 +81,20 @@ def read_columns(block: LineBlock, fields: Sequence[str]) -> BlockColumns:
     return BlockColumns(table, pos, np.sort(np.concatenate(slow)))
 
 
-def _vouched_lines(lines: list[bytes], data: bytes) -> np.ndarray:
-    """Boolean per line: it starts with ``{`` and has none of the patterns the parsers disagree on.
+def _vouched_lines(data: bytes, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Boolean per line (``data[starts[i]:starts[i] + lengths[i]]``): it starts with ``{`` and has
+    none of the patterns the parsers disagree on.
 
     Digit runs are looked for only around the digits found at every ``LONG_DIGITS // 2``-th byte
     (a run of ``LONG_DIGITS`` digits covers at least one of those bytes), which keeps this to
     a few passes of numpy over the block."""
-    lengths = np.fromiter(map(len, lines), np.int64, len(lines))
-    starts = np.zeros(len(lines), np.int64)
-    np.cumsum(lengths[:-1], out=starts[1:])
     buf = np.frombuffer(data, np.uint8)
-    ok = buf[starts] == ord("{")
+    n = len(starts)
+    ok = np.zeros(n, np.bool_)
+    nonempty = lengths > 0
+    ok[nonempty] = buf[starts[nonempty]] == ord("{")
     brackets = np.flatnonzero((buf == ord("[")) | (buf == ord("{")))
-    ok &= np.bincount(np.searchsorted(starts, brackets, side="right") - 1, minlength=len(lines)) <= MAX_BRACKETS
+    ok &= np.bincount(np.searchsorted(starts, brackets, side="right") - 1, minlength=n) <= MAX_BRACKETS
     hits = []
     stride = LONG_DIGITS // 2
     sampled = buf[::stride] - ord("0")
