@@ -235,11 +235,17 @@ def render_html(summary: dict[str, Any], png: bytes) -> str:
 &middot; code <code>{esc("code_version")}</code> &middot; run <code>{esc("run_id")}</code>
 &middot; parents: {html.escape(", ".join(summary.get("parents") or []) or "none")}</p>
 <p><b>{f["rows_in"]:,}</b> rows in, <b>{f["kept"]:,}</b> pairs kept{published_note(f)}.
-Query it: <code>curate sql "SELECT * FROM {html.escape(summary["dataset"])}.pairs LIMIT 5"</code></p>
+Query it: <code>curate sql {html.escape(query_hint(summary["dataset"]))}</code></p>
 <nav class="toc"><b>Contents</b><ol>{toc}</ol></nav>
 {"".join(s.html() for s in parts)}
 </body></html>
 """
+
+
+def query_hint(dataset: str) -> str:
+    """A ``curate sql`` argument that works when pasted into a shell: dataset names may hold
+    "-", so the name is a quoted SQL identifier inside single shell quotes."""
+    return f"'SELECT * FROM \"{dataset}\".pairs LIMIT 5'"
 
 
 def published_note(f: dict[str, Any]) -> str:

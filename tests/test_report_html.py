@@ -270,3 +270,16 @@ def test_curate_report_prints_the_path_and_explains_unknown_names(run: RunResult
     for bad, message in [("nope", "nope"), (f"{summary['dataset']}@9", "9"), (f"{summary['dataset']}@x", "NAME@VERSION")]:
         res = runner.invoke(app, ["report", bad, "--data-root", root, "--no-open"])
         assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, res.output
+
+
+def test_the_query_in_the_report_runs_as_printed(run: RunResult, summary: dict, report: Path) -> None:
+    """The "Query it" line, pasted into a shell, works for a dataset name with a "-" in it."""
+    import shlex
+
+    assert "-" in summary["dataset"]
+    hint = re.search(r"<code>curate sql (.*?)</code>", report.read_text())
+    assert hint is not None
+    root = str(Path(run.report_dir).parents[3])
+    res = CliRunner().invoke(app, ["sql", *shlex.split(html.unescape(hint.group(1))), "--data-root", root])
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith("shape: (5, ")
