@@ -80,9 +80,8 @@ class TableWriter:
 
 def count_rows(path: str | Path) -> int:
     if Path(path).suffix == ARROW_SUFFIX:
-        with pa.memory_map(str(path)) as source:
-            reader = ipc.open_file(source)
-            return sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
+        with pa.OSFile(str(path)) as source:
+            return ipc.open_file(source).count_rows()  # from the batches' headers: nothing decompressed
     return pq.ParquetFile(path).metadata.num_rows
 
 
@@ -94,7 +93,11 @@ def iter_batches(path: str | Path, *, batch_size: int, columns: list[str] | None
     # read, not memory-mapped: mapped pages stay resident (and count as the process's memory)
     # until the kernel needs them, which at a million pairs is a gigabyte
     with pa.OSFile(str(path)) as source:
-        reader = ipc.open_file(source)
+        options = None
+        if columns is not None:  # only those columns are read and decompressed
+            names = ipc.open_file(source).schema.names
+            options = ipc.IpcReadOptions(included_fields=sorted(names.index(c) for c in columns))
+        reader = ipc.open_file(source, options=options)
         # the next batches are read and decompressed on other threads while this one is used
         for batch in ordered_map(reader.get_batch, range(reader.num_record_batches), READ_AHEAD, window=READ_AHEAD):
             if columns is not None:

@@ -62,7 +62,7 @@ def ingest_block(block: LineBlock, form: ColumnForm, adapter: Any, src: SourceCo
     if outcomes.pairs:
         slow = pa.Table.from_pylist(outcomes.pairs, schema=fast.schema)
         pairs = pa.concat_tables([fast, slow]).sort_by([("source_row", "ascending"), ("source_pair_index", "ascending")])
-        outcomes.pairs = []
+        outcomes.pairs = []  # now in ``pairs``, which the stage writes
     return BlockResult(len(block), pairs, outcomes)
 
 

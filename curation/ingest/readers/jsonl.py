@@ -97,24 +97,25 @@ class JsonlReader(FileReaderBase):
             yield from self._plain_blocks(block_bytes)
 
     def _gzip_blocks(self, block_bytes: int) -> Iterator[LineBlock | RawRow]:
-        indexes: list[int] = []
+        first = 0  # index of lines[0]; an error row ends the block, so its lines are consecutive
         lines: list[bytes] = []
         size = 0
         for item in self._items():
             if type(item) is tuple:
-                indexes.append(item[0])
+                if not lines:
+                    first = item[0]
                 lines.append(item[1])
                 size += len(item[1])
                 if size >= block_bytes:
-                    yield LineBlock.of_lines(self, indexes, lines)
-                    indexes, lines, size = [], [], 0
+                    yield LineBlock.of_lines(self, first, lines)
+                    lines, size = [], 0
                 continue
             if lines:
-                yield LineBlock.of_lines(self, indexes, lines)
-                indexes, lines, size = [], [], 0
+                yield LineBlock.of_lines(self, first, lines)
+                lines, size = [], 0
             yield item
         if lines:
-            yield LineBlock.of_lines(self, indexes, lines)
+            yield LineBlock.of_lines(self, first, lines)
 
     def _plain_blocks(self, block_bytes: int) -> Iterator[LineBlock | RawRow]:
         stream, hashed = open_stream(self.path)
@@ -289,9 +290,10 @@ class LineBlock:
     first: int
 
     @classmethod
-    def of_lines(cls, reader: JsonlReader, indexes: list[int], lines: list[bytes]) -> LineBlock:
-        ends = np.cumsum(np.fromiter(map(len, lines), np.int64, len(lines)))
-        return cls(reader, b"".join(lines), ends - np.fromiter(map(len, lines), np.int64, len(lines)), ends, indexes[0])
+    def of_lines(cls, reader: JsonlReader, first: int, lines: list[bytes]) -> LineBlock:
+        lengths = np.fromiter(map(len, lines), np.int64, len(lines))
+        ends = np.cumsum(lengths)
+        return cls(reader, b"".join(lines), ends - lengths, ends, first)
 
     def line(self, i: int) -> bytes:
         return self.data[self.starts[i] : self.ends[i]]
