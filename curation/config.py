@@ -130,9 +130,10 @@ class RunConfig(Strict):
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
     batch_size: int = Field(default=5_000, ge=1)
     threads: int = Field(
-        default_factory=lambda: max(1, min(4, os.cpu_count() or 1)),
+        default_factory=lambda: min(8, (os.cpu_count() or 1) + 1),
         ge=1,
-        description="threads for the vectorised work of ingest, validate and dedup (not part of the config hash)",
+        description="threads for the vectorised work of ingest, validate and dedup (not part of the config hash); "
+        "one more than the cores by default, so a thread in a Python step leaves the cores to the others",
     )
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

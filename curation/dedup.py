@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curation.parallel import ordered_map
-from curation.tables import from_numpy
+from curation.tables import from_numpy, rows_where
 from schemas import arrow_schema
 
 KEY_SEED = 20261123
@@ -153,14 +153,14 @@ def apply(
     def with_plan() -> Iterator[tuple[pa.RecordBatch, np.ndarray, pa.Array]]:
         offset = 0
         for batch, mask in batches:
-            pairs = batch if mask is None else batch.filter(from_numpy(mask))
+            pairs = batch if mask is None else rows_where(batch, mask)
             n = pairs.num_rows
             yield pairs, dplan.keep.slice(offset, n).to_numpy(), dplan.matched.slice(offset, n).to_arrow().cast(pa.string())
             offset += n
 
     def tables(item: tuple[pa.RecordBatch, np.ndarray, pa.Array]) -> tuple[pa.Table, pa.Table]:
         pairs, keep, matched = item
-        kept_rows = pa.Table.from_batches([pairs if keep.all() else pairs.filter(from_numpy(keep))]).cast(pairs_schema)
+        kept_rows = pa.Table.from_batches([pairs if keep.all() else rows_where(pairs, keep)]).cast(pairs_schema)
         return kept_rows, _decisions(pairs, keep, matched, dec_schema)
 
     kept = 0

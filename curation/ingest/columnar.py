@@ -25,7 +25,7 @@ from curation.ingest.readers.jsonl import JsonlReader, LineBlock
 from curation.ingest.readers.jsonl_columns import read_columns
 from curation.ingest.rows import RowOutcomes
 from curation.records import content_id_columns
-from curation.tables import from_numpy
+from curation.tables import from_numpy, rows_where
 from schemas import arrow_schema
 
 
@@ -70,9 +70,8 @@ def _pairs_table(drafts: Any, keep: np.ndarray, rows: np.ndarray, src: SourceCon
     """Rows of the pairs table for the vouched drafts: ids, provenance, no scores or metadata."""
     schema = arrow_schema("pairs")
     prompt, chosen, rejected = drafts.prompt, drafts.chosen, drafts.rejected
-    if not keep.all():  # filtering copies every message: skip it in the common case
-        mask = from_numpy(keep)
-        prompt, chosen, rejected = prompt.filter(mask), chosen.filter(mask), rejected.filter(mask)
+    if not keep.all():  # a copy of every message: skipped in the common case
+        prompt, chosen, rejected = (rows_where(messages, keep) for messages in (prompt, chosen, rejected))
     prompt_ids, pair_ids = content_id_columns(prompt, chosen, rejected)
     n = len(rows)
 
