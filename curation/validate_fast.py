@@ -1,48 +1,99 @@
 """A vectorised pre-check for ``check_content``, so validation is not per-row Python.
 
-``suspect_rows`` flags every pair that *might* break a rule (a superset: whitespace is
-matched as Python's ``str.strip`` sees it, and the identical-response test compares joined
-strings). Only flagged pairs go through ``check_content``, which decides and words the
-error, so codes, fields and messages are the same as the row-by-row path.
+``suspect_rows`` flags every pair that breaks a rule. It works on the flat role and content
+arrays of each messages column (per-row counts come from the list offsets), because
+Polars' per-list expressions cost several times more at a million pairs. Whitespace is
+Python's (``str.strip``), so the flags are exact, not a superset; only flagged pairs go
+through ``check_content``, which decides and words the error, so codes, fields and
+messages are the same as the row-by-row path.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
 
-# Python's str.isspace() is Unicode White_Space plus the separators U+001C..U+001F.
-_BLANK = r"^[\s\x1c-\x1f]*$"
-_EDGES = r"^[\s\x1c-\x1f]+|[\s\x1c-\x1f]+$"
+from curation.ingest.adapters._columns import PY_WHITESPACE
+from curation.tables import from_numpy
 
-
-def _roles(col: str) -> pl.Expr:
-    return pl.col(col).list.eval(pl.element().struct.field("role"))
-
-
-def _all_blank(col: str) -> pl.Expr:
-    return pl.col(col).list.eval(pl.element().struct.field("content").str.contains(_BLANK)).list.all()
+_NON_BLANK = "[^" + "".join(f"\\x{{{ord(c):x}}}" for c in PY_WHITESPACE) + "]"
 
 
-def _stripped(col: str) -> pl.Expr:
-    msg = pl.element().struct
-    return (
-        pl.col(col)
-        .list.eval(pl.concat_str([msg.field("role"), pl.lit("\x1f"), msg.field("content").str.replace_all(_EDGES, "")]))
-        .list.join("\x1e")
-    )
+@dataclass
+class _Messages:
+    """One messages column, flat: row i's messages are ``[starts[i], ends[i])``."""
+
+    roles: pa.Array
+    contents: pl.Series
+    starts: np.ndarray
+    ends: np.ndarray
+
+    def stripped(self) -> pl.Series:
+        """Each content as Python's str.strip() leaves it."""
+        return self.contents.str.strip_chars(PY_WHITESPACE)
+
+    def non_blank(self) -> np.ndarray:
+        """Per message: holds a character Python's strip keeps (null content: True, to be checked)."""
+        return self.contents.str.contains(_NON_BLANK).fill_null(False).to_numpy()
+
+    @classmethod
+    def of(cls, column: pa.Array | pa.ChunkedArray) -> _Messages:
+        if isinstance(column, pa.ChunkedArray):
+            column = column.combine_chunks()
+        offsets = column.offsets.to_numpy().astype(np.int64)  # of this (maybe sliced) array's rows
+        offsets -= offsets[0]
+        flat = column.flatten()
+        return cls(flat.field("role"), pl.from_arrow(flat.field("content")), offsets[:-1], offsets[1:])
+
+    def count(self, per_message: np.ndarray) -> np.ndarray:
+        """Per row, how many of its messages are True."""
+        total = np.concatenate(([0], np.cumsum(per_message, dtype=np.int64)))
+        return total[self.ends] - total[self.starts]
+
+    def roles_at(self, index: np.ndarray) -> pa.Array:
+        return pc.take(self.roles, from_numpy(index.astype(np.int64)))
 
 
-def suspect_rows(pairs: pl.DataFrame, *, allowed_roles: frozenset[str], allow_empty_prompt: bool = False) -> pl.Series:
+def _true(mask: pa.Array) -> np.ndarray:
+    return pc.fill_null(mask, True).to_numpy(zero_copy_only=False)
+
+
+def suspect_rows(pairs: pa.Table | pa.RecordBatch, *, allowed_roles: frozenset[str], allow_empty_prompt: bool = False) -> np.ndarray:
     """Boolean per pair: True where check_content must look."""
-    allowed = pl.lit(sorted(allowed_roles), dtype=pl.List(pl.String))
-    bad_role = pl.lit(False)
-    for col in ("prompt", "chosen", "rejected"):
-        bad_role = bad_role | ~_roles(col).list.set_difference(allowed).list.len().eq(0)
-    suspect = bad_role
+    parts = {name: _Messages.of(pairs.column(name)) for name in ("prompt", "chosen", "rejected")}
+    allowed = pa.array(sorted(allowed_roles), pa.string())
+    suspect = np.zeros(pairs.num_rows, np.bool_)
+    for m in parts.values():
+        suspect |= m.count(_true(pc.invert(pc.is_in(m.roles, value_set=allowed)))) > 0
+    prompt = parts["prompt"]
     if not allow_empty_prompt:
-        suspect = suspect | _all_blank("prompt")
-    suspect = suspect | (_roles("prompt").list.last() == "assistant").fill_null(False)
-    for col in ("chosen", "rejected"):
-        suspect = suspect | _all_blank(col) | (_roles(col).list.first() != "assistant").fill_null(True)
-    suspect = suspect | (_stripped("chosen") == _stripped("rejected"))
-    return pairs.select(suspect.fill_null(True).alias("suspect")).to_series()
+        suspect |= prompt.count(prompt.non_blank()) == 0
+    has_turns = np.flatnonzero(prompt.ends > prompt.starts)
+    suspect[has_turns] |= _true(pc.equal(prompt.roles_at(prompt.ends[has_turns] - 1), "assistant"))
+    for name in ("chosen", "rejected"):
+        m = parts[name]
+        suspect |= m.count(m.non_blank()) == 0  # also an empty list
+        has_turns = np.flatnonzero(m.ends > m.starts)
+        suspect[has_turns] |= _true(pc.not_equal(m.roles_at(m.starts[has_turns]), "assistant"))
+    return suspect | _identical(parts["chosen"], parts["rejected"])
+
+
+def _identical(chosen: _Messages, rejected: _Messages) -> np.ndarray:
+    """Rows whose responses are equal message by message: same role, same stripped content."""
+    lengths = chosen.ends - chosen.starts
+    rows = np.flatnonzero(lengths == rejected.ends - rejected.starts)
+    lengths = lengths[rows]
+    first = np.cumsum(lengths) - lengths
+    step = np.arange(int(lengths.sum())) - np.repeat(first, lengths)
+    c_at = np.repeat(chosen.starts[rows], lengths) + step
+    r_at = np.repeat(rejected.starts[rows], lengths) + step
+    same = pl.DataFrame({"c": chosen.stripped().gather(c_at), "r": rejected.stripped().gather(r_at)}).select(pl.col("c") == pl.col("r"))
+    same = same.to_series().fill_null(True).to_numpy() & _true(pc.equal(chosen.roles_at(c_at), rejected.roles_at(r_at)))
+    differing = np.concatenate(([0], np.cumsum(~same, dtype=np.int64)))
+    out = np.zeros(len(chosen.starts), np.bool_)
+    out[rows] = (differing[first + lengths] - differing[first]) == 0
+    return out

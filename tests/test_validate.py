@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import polars as pl
+import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -25,26 +26,28 @@ PAIR = st.fixed_dictionaries(
 )
 
 
-def rejected_by_rules(pair: dict) -> bool:
+def rejected_by_rules(pair: dict, allow_empty_prompt: bool = False) -> bool:
     try:
-        check_content(pair, allowed_roles=ROLES)
+        check_content(pair, allowed_roles=ROLES, allow_empty_prompt=allow_empty_prompt)
     except RowError:
         return True
     return False
 
 
-def frame(pairs: list[dict]) -> pl.DataFrame:
+def frame(pairs: list[dict]) -> pa.Table:
     msg = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
-    return pl.DataFrame(pairs, schema={"prompt": msg, "chosen": msg, "rejected": msg})
+    return pl.DataFrame(pairs, schema={"prompt": msg, "chosen": msg, "rejected": msg}).to_arrow()
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(PAIR, min_size=1, max_size=20))
-def test_precheck_flags_every_pair_the_rules_reject(pairs):
-    suspect = suspect_rows(frame(pairs), allowed_roles=ROLES).to_list()
-    for pair, flagged in zip(pairs, suspect):
-        if rejected_by_rules(pair):
-            assert flagged, pair
+def test_precheck_flags_exactly_the_pairs_the_rules_reject(pairs):
+    suspect = suspect_rows(frame(pairs), allowed_roles=ROLES).tolist()
+    assert suspect == [rejected_by_rules(pair) for pair in pairs]
+    sliced = suspect_rows(frame(pairs).slice(1), allowed_roles=ROLES).tolist()  # a batch that starts mid-file
+    assert sliced == suspect[1:]
+    lenient = suspect_rows(frame(pairs), allowed_roles=ROLES, allow_empty_prompt=True).tolist()
+    assert lenient == [rejected_by_rules(pair, allow_empty_prompt=True) for pair in pairs]
 
 
 def test_precheck_passes_real_pairs_through(hh_path):
@@ -58,11 +61,10 @@ def test_precheck_passes_real_pairs_through(hh_path):
         except RowError:
             continue
         pairs.append({"prompt": d.prompt, "chosen": d.chosen, "rejected": d.rejected})
-    suspect = suspect_rows(frame(pairs), allowed_roles=ROLES).to_list()
+    suspect = suspect_rows(frame(pairs), allowed_roles=ROLES).tolist()
     truly_bad = [rejected_by_rules(p) for p in pairs]
     assert sum(truly_bad) == 4  # the four empty chosen responses
-    assert all(s for s, bad in zip(suspect, truly_bad) if bad)
-    assert sum(suspect) <= 10  # the pre-check spares almost every good pair the row-by-row check
+    assert suspect == truly_bad
 
 
 @pytest.mark.parametrize(
@@ -122,4 +124,4 @@ def test_precheck_sees_whitespace_as_python_does(blank, part):
     }
     pair[part] = [{"role": pair[part][0]["role"], "content": blank}]
     assert rejected_by_rules(pair)
-    assert suspect_rows(frame([pair]), allowed_roles=ROLES).to_list() == [True]
+    assert suspect_rows(frame([pair]), allowed_roles=ROLES).tolist() == [True]
