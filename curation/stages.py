@@ -183,8 +183,8 @@ def _ingest_table(src, adapter, readers: list[FileReader], c: dict[str, Any], wr
 def validate(cfg: RunConfig, work_dir: str | Path, ingested: StageOutput, progress: Progress | None = None) -> StageOutput:
     """Apply the recipe's content rules; failing pairs go to quarantine (stage 'validate').
 
-    A vectorised pre-check flags the pairs that might fail; only those are checked row by
-    row (see ``validate_fast``; its flags are exact, so row checks run only for pairs that fail). Validation removes pairs and changes none, so the stage
+    A vectorised pre-check flags the pairs that fail (see ``validate_fast``); only those are
+    checked row by row, which words the error. Validation removes pairs and changes none, so the stage
     hands on the ingested pairs file as it is (hard-linked into its folder) with the
     positions it excluded (``excluded``), instead of writing the pairs again: at a million
     pairs that write was a third of the spine's time. ``selected_batches`` reads the two.
