@@ -4,10 +4,10 @@ Normalised text: Unicode NFKC, whitespace runs collapsed to one space, trimmed, 
 per message with its role. The first occurrence wins (sources in recipe order, rows in file
 order), so the result is deterministic.
 
-Two streaming passes over the staged pairs: the first computes one 64-bit key per pair (a
-hash of the normalised messages; the text itself is never held for more than one batch),
-on a few threads, the second writes kept pairs and a decision per pair. A 64-bit key
-collides with probability about n^2 / 2^65 (3e-8 at a million pairs).
+One streaming pass over the staged pairs: each batch gets one 64-bit key per pair (a hash of
+the normalised messages; the text itself is never held for more than a few batches) on a
+few threads, and a pair whose key an earlier pair had is a duplicate. A 64-bit key collides
+with probability about n^2 / 2^65 (3e-8 at a million pairs).
 
 Normalising is most of the cost, so it does only what changes the text: NFKC runs only on
 messages holding a character that NFKC could change (``_NFKC_UNSAFE``), and the whitespace
@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Iterator
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curation.parallel import ordered_map
@@ -96,94 +96,99 @@ def dedup_keys(pairs: pa.RecordBatch | pa.Table) -> pl.Series:
     return pl.DataFrame(parts).hash_rows(seed=KEY_SEED)
 
 
-@dataclass
-class DedupPlan:
-    """Per input row, in order: keep it, or the pair id of the earlier pair it duplicates."""
+class _SeenKeys:
+    """The keys met so far, sorted, with the position of each one's first pair: 16 bytes a
+    pair, so a million pairs hold 16 MB."""
 
-    keep: pl.Series  # Boolean
-    matched: pl.Series  # String, null where kept
+    def __init__(self) -> None:
+        self.keys = np.zeros(0, np.uint64)
+        self.first = np.zeros(0, np.int64)
 
-    @property
-    def duplicates(self) -> int:
-        return int((~self.keep).sum())
-
-
-def plan(batches: Iterator[tuple[pa.RecordBatch, np.ndarray | None]], *, enabled: bool = True, threads: int = 1) -> DedupPlan:
-    """First pass: which pairs to keep, from (batch, row mask) with pair_id, prompt, chosen,
-    rejected (see ``tables.selected_batches``; rows outside the mask are not pairs here)."""
-    ids, keys = [], []
-
-    def ids_and_keys(item: tuple[pa.RecordBatch, np.ndarray | None]) -> tuple[pl.Series, pl.Series | None]:
-        batch, mask = item
-        # a copy: a view would keep the whole batch (all its text) alive until the plan is made
-        column = batch.column("pair_id")
-        batch_ids = pl.from_arrow(pa.concat_arrays([column]) if mask is None else column.filter(from_numpy(mask)))
-        if not enabled:
-            return batch_ids, None
-        batch_keys = dedup_keys(batch)
-        return batch_ids, batch_keys if mask is None else batch_keys.filter(pl.Series(mask))
-
-    for batch_ids, batch_keys in ordered_map(ids_and_keys, batches, threads):
-        ids.append(batch_ids)
-        if enabled:
-            keys.append(batch_keys)
-    frame = pl.DataFrame({"pair_id": pl.concat(ids) if ids else pl.Series([], dtype=pl.String)})
-    if not enabled or not ids:
-        return DedupPlan(pl.repeat(True, frame.height, eager=True), pl.repeat(None, frame.height, dtype=pl.String, eager=True))
-    out = frame.with_columns(key=pl.concat(keys)).select(
-        keep=pl.col("key").is_first_distinct(),
-        matched=pl.when(pl.col("key").is_first_distinct()).then(None).otherwise(pl.col("pair_id").first().over("key")),
-    )
-    return DedupPlan(out["keep"], out["matched"])
+    def first_of(self, keys: np.ndarray, offset: int) -> np.ndarray:
+        """Per key (the pairs at ``offset``, ``offset + 1``, ...): the position of the first pair
+        with that key, here or earlier, or -1 where this pair is the first; then remember the new."""
+        at = np.searchsorted(self.keys, keys)
+        known = at < len(self.keys)
+        known[known] = self.keys[at[known]] == keys[known]
+        first = np.full(len(keys), -1, np.int64)
+        first[known] = self.first[at[known]]
+        fresh = np.flatnonzero(~known)
+        unique, index, inverse = np.unique(keys[fresh], return_index=True, return_inverse=True)
+        earliest = fresh[index][inverse]  # within the batch, the first pair of each fresh key
+        repeats = earliest != fresh
+        first[fresh[repeats]] = offset + earliest[repeats]
+        slots = np.searchsorted(self.keys, unique)
+        self.keys = np.insert(self.keys, slots, unique)
+        self.first = np.insert(self.first, slots, offset + fresh[index])
+        return first
 
 
-def apply(
+def deduplicate(
     batches: Iterator[tuple[pa.RecordBatch, np.ndarray | None]],
     kept_path: str | Path,
     decisions_path: str | Path,
-    dplan: DedupPlan,
     *,
+    enabled: bool = True,
     threads: int = 1,
-) -> int:
-    """Second pass, over the same (batch, row mask) as the plan: write kept pairs and one
-    decision per pair; returns the number kept. Batches are filtered on ``threads`` threads
-    while this one writes (the Parquet writer compresses on one thread)."""
+) -> tuple[int, int]:
+    """One streaming pass over (batch, row mask) (see ``tables.selected_batches``; rows outside
+    the mask are not pairs here): write the kept pairs and one decision per pair; returns
+    (kept, duplicates).
+
+    A pair is a duplicate when an earlier pair had its key, which is known once the earlier
+    batches are, so one pass does it: batches get their keys on ``threads`` threads while
+    this one decides and writes, and the Parquet writer (one thread) overlaps the keys."""
     pairs_schema, dec_schema = arrow_schema("pairs"), arrow_schema("decisions")
+    seen = _SeenKeys()
+    ids: list[pa.Array] = []  # every pair's id, for the ids of the pairs duplicates match
+    starts = [0]
 
-    def with_plan() -> Iterator[tuple[pa.RecordBatch, np.ndarray, pa.Array]]:
-        offset = 0
-        for batch, mask in batches:
-            pairs = batch if mask is None else rows_where(batch, mask)
-            n = pairs.num_rows
-            yield pairs, dplan.keep.slice(offset, n).to_numpy(), dplan.matched.slice(offset, n).to_arrow().cast(pa.string())
-            offset += n
+    def keyed(item: tuple[pa.RecordBatch, np.ndarray | None]) -> tuple[pa.RecordBatch, np.ndarray | None]:
+        batch, mask = item
+        pairs = batch if mask is None else rows_where(batch, mask)
+        return pairs, dedup_keys(pairs).to_numpy() if enabled else None
 
-    def tables(item: tuple[pa.RecordBatch, np.ndarray, pa.Array]) -> tuple[pa.Table, pa.Table]:
-        pairs, keep, matched = item
-        kept_rows = pa.Table.from_batches([pairs if keep.all() else rows_where(pairs, keep)]).cast(pairs_schema)
-        return kept_rows, _decisions(pairs, keep, matched, dec_schema)
-
-    kept = 0
+    kept = duplicates = 0
     with (
         pq.ParquetWriter(kept_path, pairs_schema, compression="zstd") as kept_w,
         pq.ParquetWriter(decisions_path, dec_schema, compression="zstd") as dec_w,
     ):
-        for kept_rows, decisions in ordered_map(tables, with_plan(), threads):
-            kept += kept_rows.num_rows
-            kept_w.write_table(kept_rows)
-            dec_w.write_table(decisions)
-    return kept
+        for pairs, keys in ordered_map(keyed, batches, threads):
+            n = pairs.num_rows
+            ids.append(pa.concat_arrays([pairs.column("pair_id")]))  # a copy: a view would keep the batch alive
+            first = seen.first_of(keys, starts[-1]) if keys is not None else np.full(n, -1, np.int64)
+            starts.append(starts[-1] + n)
+            keep = first < 0
+            matched = _ids_at(ids, np.asarray(starts), first)
+            kept_w.write_table(pa.Table.from_batches([pairs if keep.all() else rows_where(pairs, keep)]).cast(pairs_schema))
+            dec_w.write_table(_decisions(pairs, keep, matched, dec_schema))
+            kept += int(keep.sum())
+            duplicates += n - int(keep.sum())
+    return kept, duplicates
+
+
+def _ids_at(ids: list[pa.Array], starts: np.ndarray, positions: np.ndarray) -> pa.Array:
+    """The pair ids at ``positions`` (null where -1), from the per-batch id arrays."""
+    at = np.flatnonzero(positions >= 0)
+    if not len(at):
+        return pa.nulls(len(positions), pa.string())
+    batch = np.searchsorted(starts, positions[at], side="right") - 1
+    found = pl.Series([None] * len(positions), dtype=pl.String)
+    for b in np.unique(batch).tolist():
+        rows = at[batch == b]
+        found = found.scatter(rows, pl.from_arrow(ids[b].take(from_numpy(positions[rows] - starts[b]))))
+    return found.to_arrow().cast(pa.string())
 
 
 def _decisions(pairs: pa.RecordBatch, keep: np.ndarray, matched: pa.Array, schema: pa.Schema) -> pa.Table:
-    n = pairs.num_rows
+    n, kept = pairs.num_rows, from_numpy(keep)
     columns = {name: pairs.column(name) for name in ("pair_id", "source_dataset", "source_file", "source_row", "source_pair_index")}
     return pa.table(
         {
             **columns,
-            "stage": pa.array([STAGE] * n, pa.string()),
-            "decision": pa.array(np.where(keep, "kept", "filtered").tolist(), pa.string()),
-            "reason": pa.array([None if k else "exact_duplicate" for k in keep.tolist()], pa.string()),
+            "stage": pa.repeat(pa.scalar(STAGE, pa.string()), n),
+            "decision": pc.if_else(kept, "kept", "filtered"),
+            "reason": pc.if_else(kept, pa.scalar(None, pa.string()), "exact_duplicate"),
             "matched_pair_id": matched,
             "scores": pa.nulls(n, schema.field("scores").type),
         }

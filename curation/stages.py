@@ -246,16 +246,14 @@ def dedup(cfg: RunConfig, work_dir: str | Path, validated: StageOutput, progress
     started = time.perf_counter()
     source, excluded = validated.files["pairs"], read_positions(validated.files.get("excluded"))
     progress.start("dedup", validated.counts["valid"])
-    columns = ["pair_id", "prompt", "chosen", "rejected"]
-    batches = selected_batches(source, excluded, batch_size=cfg.batch_size, columns=columns)
-    dplan = exact_dedup.plan(batches, enabled=cfg.dedup.exact, threads=cfg.threads)
     kept_path, dec_path = work / "kept.parquet", work / "decisions-dedup.parquet"
-    kept = exact_dedup.apply(selected_batches(source, excluded, batch_size=cfg.batch_size), kept_path, dec_path, dplan, threads=cfg.threads)
+    batches = selected_batches(source, excluded, batch_size=cfg.batch_size)
+    kept, duplicates = exact_dedup.deduplicate(batches, kept_path, dec_path, enabled=cfg.dedup.exact, threads=cfg.threads)
     progress.advance(validated.counts["valid"])
     progress.finish()
     counts = {
         "pairs_in": validated.counts["valid"],
         "kept": kept,
-        "filtered": {"exact_duplicate": dplan.duplicates} if dplan.duplicates else {},
+        "filtered": {"exact_duplicate": duplicates} if duplicates else {},
     }
     return StageOutput("dedup", {"pairs": str(kept_path), "decisions": str(dec_path)}, counts, time.perf_counter() - started)
