@@ -5,9 +5,9 @@ rows and flushes it with the contract's schema. Published tables are Parquet (zs
 pairs a stage hands only to the next stage can be Arrow IPC files instead (``.arrow``, LZ4
 buffers): they cost a fraction of a Parquet round trip, which at a million pairs is seconds
 per stage. Compressed, because uncompressed they are a gigabyte per million HH pairs, and
-writing that took longer than compressing it on two cores; LZ4, not zstd, because the file
-is read three times (validate and both dedup passes) and LZ4 decompresses several times
-faster (at 1M pairs the ingest stage went from 14.5 s to 11.4 s, the file from 0.4 to 0.6 GB).
+writing that took longer than compressing it on two cores; LZ4, not zstd, because it
+compresses and decompresses several times faster (at 1M pairs the ingest stage went from
+14.5 s to 11.4 s, the file from 0.4 to 0.6 GB) and validate and dedup both read it.
 """
 
 from __future__ import annotations
