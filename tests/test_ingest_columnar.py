@@ -222,6 +222,10 @@ def test_content_id_columns_equal_content_ids_row_by_row(tmp_path: Path) -> None
     assert list(zip(prompt_ids, pair_ids)) == [content_ids(r["prompt"], r["chosen"], r["rejected"]) for r in rows]
     sliced = content_id_columns(*(columns[k].slice(5, 7) for k in ("prompt", "chosen", "rejected")))
     assert sliced == (prompt_ids[5:12], pair_ids[5:12])
+    no_prompts = pa.array([[], []], messages)  # not one message in the whole column
+    assert content_id_columns(no_prompts, columns["chosen"].slice(0, 2), columns["rejected"].slice(0, 2)) == tuple(
+        map(list, zip(*[content_ids([], r["chosen"], r["rejected"]) for r in rows[:2]]))
+    )
 
 
 def test_dedup_normalise_equals_its_definition() -> None:
