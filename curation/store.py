@@ -260,6 +260,30 @@ def _null_predicates(expr: str, f: pa.Field, depth: int = 0) -> list[str]:
     return preds
 
 
+def _footers_rule_out_nulls(files: list[Path], contract: pa.Schema) -> bool:
+    """True when the Parquet footers prove no non-nullable contract field holds a null: every
+    column under such a field counts no nulls in any row group. A leaf's null count covers
+    nulls and empty lists at every level above it, so zero rules them all out. Anything
+    else (a count above zero, say from an allowed empty prompt, or missing statistics)
+    leaves it to the scan in ``_check_nulls``, which costs 0.65 s at a million pairs."""
+    guarded = [f.name for f in contract if _null_predicates(ident(f.name), f)]
+    try:
+        for path in files:
+            meta = pq.read_metadata(path)
+            for g in range(meta.num_row_groups):
+                group = meta.row_group(g)
+                for c in range(group.num_columns):
+                    column = group.column(c)
+                    if column.path_in_schema.split(".")[0] not in guarded:
+                        continue
+                    stats = column.statistics
+                    if stats is None or not stats.has_null_count or stats.null_count:
+                        return False
+    except (OSError, pa.ArrowException):
+        return False
+    return True
+
+
 def _link_contract_files(name: str, src: TableSource, folder: Path, *, symlink: bool = False) -> bool:
     """Hard-link (or copy) Parquet files that already match the contract into ``folder``.
 
@@ -706,7 +730,8 @@ class DatasetStore:
                 problems = schema_problems(name, schema, contract)
                 if problems:
                     raise CurationError(f"cannot publish {dataset}: table does not match its contract:\n  " + "\n  ".join(problems))
-                self._check_nulls(con, dataset, name, glob, contract)
+                if not _footers_rule_out_nulls(sorted(folder.glob("*.parquet")), contract):
+                    self._check_nulls(con, dataset, name, glob, contract)
         except duckdb.Error as err:
             shutil.rmtree(folder, ignore_errors=True)
             raise CurationError(f"cannot publish {dataset}: table {name}: {err}") from None
