@@ -131,22 +131,21 @@ def _adapt_columns(chosen: pl.Series, rejected: pl.Series) -> ColumnPairs:
     cannot overlap one another, so none can straddle that point.)"""
     parts = _turn_parts(chosen)
     frame = pl.DataFrame({"c": chosen, "r": rejected, "parts": parts})
-    last = pl.col("parts").list.last()
-    shared = pl.col("c").str.head(pl.col("c").str.len_chars() - last.str.len_chars() + 1)  # up to the last marker
-    frame = frame.with_columns(shared_len=shared.str.len_chars(), rejected_ok=pl.col("r").str.starts_with(shared))
-    rest = pl.col("r").str.slice(pl.col("shared_len"))
+    # up to the last marker: the chosen text without its final turn (byte compares, no char counts)
+    shared = pl.col("c").str.strip_suffix(pl.col("parts").list.last().str.slice(1))
+    frame = frame.with_columns(shared=shared).with_columns(rejected_ok=pl.col("r").str.starts_with(pl.col("shared")))
+    rest = pl.col("r").str.strip_prefix(pl.col("shared"))
+    n_parts = frame["parts"].list.len().to_numpy().astype(np.int64)
+    ends = np.cumsum(n_parts)
+    flat = frame["parts"].explode()
     vouched = frame.select(
         (  # a null or empty transcript has no turns, so it fails the roles test
             ~pl.col("c").str.contains(_SEPARATOR, literal=True)
             & (pl.col("parts").list.first().str.strip_chars(PY_WHITESPACE) == "")
-            & pl.col("parts").list.slice(1).list.eval(pl.element().str.head(1)).list.join("").str.contains("^(?:UA)+$")
             & pl.col("rejected_ok")
             & ~rest.str.contains("\n\n(?:Human|Assistant):")
         ).fill_null(False)
-    ).to_series()
-    n_parts = frame["parts"].list.len().to_numpy().astype(np.int64)
-    ends = np.cumsum(n_parts)
-    flat = frame["parts"].explode()
+    ).to_series().to_numpy() & _alternating_turns(flat, n_parts)
     prompt_len = np.maximum(n_parts - 2, 0)
     prompt_turns = flat.gather(ranges(ends - n_parts + 1, prompt_len)).str.slice(1)
     one = np.ones(len(n_parts), np.int64)
@@ -155,8 +154,19 @@ def _adapt_columns(chosen: pl.Series, rejected: pl.Series) -> ColumnPairs:
         prompt=messages(_alternating_roles(prompt_len), _content(prompt_turns), prompt_len),
         chosen=messages(assistant, _content(flat.gather(ends - 1).str.slice(1)), one),
         rejected=messages(assistant, _content(frame.select(rest.fill_null("")).to_series()), one),
-        vouched=vouched.to_numpy(),
+        vouched=vouched,
     )
+
+
+def _alternating_turns(parts: pl.Series, n_parts: np.ndarray) -> np.ndarray:
+    """Per row: its turns (every part but the first, each led by its role letter) go U, A, U,
+    ..., A, at least one pair of them."""
+    position = np.arange(len(parts)) - np.repeat(np.cumsum(n_parts) - n_parts, n_parts)
+    letter = parts.str.slice(0, 1)
+    right = np.where(position % 2 == 1, (letter == "U").to_numpy(), (letter == "A").to_numpy())
+    wrong = np.concatenate(([0], np.cumsum(~right & (position > 0), dtype=np.int64)))
+    ends = np.cumsum(n_parts)
+    return (wrong[ends] == wrong[ends - n_parts]) & (n_parts >= 3) & (n_parts % 2 == 1)
 
 
 def _alternating_roles(lengths: np.ndarray) -> pl.Series:
