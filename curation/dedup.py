@@ -28,12 +28,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curation.parallel import ordered_map
-from curation.tables import from_numpy, rows_where
+from curation.tables import from_numpy
 from schemas import arrow_schema
 
 KEY_SEED = 20261123
 STAGE = "dedup_exact"
 PARTS = ("prompt", "chosen", "rejected")
+DECISION_COLUMNS = ["pair_id", "source_dataset", "source_file", "source_row", "source_pair_index"]
 _WHITESPACE_TO_FIX = r"\s{2,}|[^\S ]"  # a run of 2+, or one whitespace that is not a space
 
 
@@ -97,30 +98,38 @@ def dedup_keys(pairs: pa.RecordBatch | pa.Table) -> pl.Series:
 
 
 class _SeenKeys:
-    """The keys met so far, sorted, with the position of each one's first pair: 16 bytes a
-    pair, so a million pairs hold 16 MB."""
+    """The keys met so far with the position of each one's first pair: 16 bytes a pair, as
+    sorted runs whose sizes halve from the first (a run is merged into the one before it once
+    it is as big), so each key is moved O(log n) times and each lookup is a few binary
+    searches. One sorted array, updated per batch, moved O(n) keys per batch instead."""
 
     def __init__(self) -> None:
-        self.keys = np.zeros(0, np.uint64)
-        self.first = np.zeros(0, np.int64)
+        self.runs: list[tuple[np.ndarray, np.ndarray]] = []  # (sorted keys, their first positions)
 
     def first_of(self, keys: np.ndarray, offset: int) -> np.ndarray:
         """Per key (the pairs at ``offset``, ``offset + 1``, ...): the position of the first pair
-        with that key, here or earlier, or -1 where this pair is the first; then remember the new."""
-        at = np.searchsorted(self.keys, keys)
-        known = at < len(self.keys)
-        known[known] = self.keys[at[known]] == keys[known]
-        first = np.full(len(keys), -1, np.int64)
-        first[known] = self.first[at[known]]
-        fresh = np.flatnonzero(~known)
-        unique, index, inverse = np.unique(keys[fresh], return_index=True, return_inverse=True)
-        earliest = fresh[index][inverse]  # within the batch, the first pair of each fresh key
-        repeats = earliest != fresh
-        first[fresh[repeats]] = offset + earliest[repeats]
-        slots = np.searchsorted(self.keys, unique)
-        self.keys = np.insert(self.keys, slots, unique)
-        self.first = np.insert(self.first, slots, offset + fresh[index])
+        with that key, here or earlier, or -1 where this pair is the first; then remember the new.
+        The batch's distinct keys are looked up sorted, which keeps the binary searches in cache."""
+        unique, index, inverse = np.unique(keys, return_index=True, return_inverse=True)
+        earlier = np.full(len(unique), -1, np.int64)
+        for run_keys, run_first in self.runs:
+            at = np.minimum(np.searchsorted(run_keys, unique), len(run_keys) - 1)
+            hit = run_keys[at] == unique
+            earlier[hit] = run_first[at[hit]]
+        new = earlier < 0
+        first = np.where(new, offset + index, earlier)[inverse.reshape(-1)]
+        first[first == offset + np.arange(len(keys))] = -1  # the first pair of each new key
+        self._add(unique[new], offset + index[new])
         return first
+
+    def _add(self, keys: np.ndarray, first: np.ndarray) -> None:
+        if not len(keys):
+            return
+        self.runs.append((keys, first))
+        while len(self.runs) > 1 and len(self.runs[-2][0]) <= len(self.runs[-1][0]):
+            (keys_a, first_a), (keys_b, first_b) = self.runs.pop(-2), self.runs.pop()
+            slots = np.searchsorted(keys_a, keys_b)  # the runs share no key
+            self.runs.append((np.insert(keys_a, slots, keys_b), np.insert(first_a, slots, first_b)))
 
 
 def deduplicate(
@@ -143,25 +152,30 @@ def deduplicate(
     ids: list[pa.Array] = []  # every pair's id, for the ids of the pairs duplicates match
     starts = [0]
 
-    def keyed(item: tuple[pa.RecordBatch, np.ndarray | None]) -> tuple[pa.RecordBatch, np.ndarray | None]:
+    def keyed(item: tuple[pa.RecordBatch, np.ndarray | None]) -> tuple[pa.RecordBatch, np.ndarray, np.ndarray | None]:
         batch, mask = item
-        pairs = batch if mask is None else rows_where(batch, mask)
-        return pairs, dedup_keys(pairs).to_numpy() if enabled else None
+        valid = np.arange(batch.num_rows) if mask is None else np.flatnonzero(mask)
+        if not enabled:
+            return batch, valid, None
+        keys = dedup_keys(batch).to_numpy()  # the excluded rows too: dropping them first would copy the batch
+        return batch, valid, keys if mask is None else keys[valid]
 
     kept = duplicates = 0
     with (
         pq.ParquetWriter(kept_path, pairs_schema, compression="zstd") as kept_w,
         pq.ParquetWriter(decisions_path, dec_schema, compression="zstd") as dec_w,
     ):
-        for pairs, keys in ordered_map(keyed, batches, threads):
-            n = pairs.num_rows
-            ids.append(pa.concat_arrays([pairs.column("pair_id")]))  # a copy: a view would keep the batch alive
+        for batch, valid, keys in ordered_map(keyed, batches, threads):
+            n = len(valid)
+            about = batch.select(DECISION_COLUMNS)
+            about = about if n == batch.num_rows else about.take(from_numpy(valid))
+            ids.append(pa.concat_arrays([about.column("pair_id")]))  # a copy: a view would keep the batch alive
             first = seen.first_of(keys, starts[-1]) if keys is not None else np.full(n, -1, np.int64)
             starts.append(starts[-1] + n)
             keep = first < 0
-            matched = _ids_at(ids, np.asarray(starts), first)
-            kept_w.write_table(pa.Table.from_batches([pairs if keep.all() else rows_where(pairs, keep)]).cast(pairs_schema))
-            dec_w.write_table(_decisions(pairs, keep, matched, dec_schema))
+            rows = batch if keep.all() and n == batch.num_rows else batch.take(from_numpy(valid[keep]))
+            kept_w.write_table(pa.Table.from_batches([rows]).cast(pairs_schema))
+            dec_w.write_table(_decisions(about, keep, _ids_at(ids, np.asarray(starts), first), dec_schema))
             kept += int(keep.sum())
             duplicates += n - int(keep.sum())
     return kept, duplicates
@@ -182,7 +196,7 @@ def _ids_at(ids: list[pa.Array], starts: np.ndarray, positions: np.ndarray) -> p
 
 def _decisions(pairs: pa.RecordBatch, keep: np.ndarray, matched: pa.Array, schema: pa.Schema) -> pa.Table:
     n, kept = pairs.num_rows, from_numpy(keep)
-    columns = {name: pairs.column(name) for name in ("pair_id", "source_dataset", "source_file", "source_row", "source_pair_index")}
+    columns = {name: pairs.column(name) for name in DECISION_COLUMNS}
     return pa.table(
         {
             **columns,

@@ -85,3 +85,17 @@ def test_disabled_dedup_keeps_every_valid_pair(staged, tmp_path: Path) -> None:
     )
     assert (kept, duplicates) == (len(rows) - len(excluded), 0)
     assert pq.read_metadata(tmp_path / "kept.parquet").num_rows == kept
+
+
+def test_seen_keys_find_the_first_position_of_every_key_across_many_batches() -> None:
+    rng = np.random.default_rng(3)
+    keys = rng.integers(0, 3_000, 20_000).astype(np.uint64)  # many repeats, inside and across batches
+    seen, got, offset = dedup._SeenKeys(), [], 0
+    for size in rng.integers(1, 400, 200).tolist():
+        batch = keys[offset : offset + size]
+        got.append(seen.first_of(batch, offset))
+        offset += len(batch)
+    firsts: dict[int, int] = {}
+    expected = [-1 if firsts.setdefault(int(k), i) == i else firsts[int(k)] for i, k in enumerate(keys[:offset].tolist())]
+    assert np.concatenate(got).tolist() == expected
+    assert len(seen.runs) <= 16 and sum(len(k) for k, _ in seen.runs) == len(firsts)
