@@ -71,14 +71,28 @@ def _nfkc_unsafe() -> str:
     return "[^" + "".join(f"\\x{{{a:x}}}" if a == b else f"\\x{{{a:x}}}-\\x{{{b:x}}}" for a, b in ranges) + "]"
 
 
-def normalise(text: pl.Series) -> pl.Series:
-    """NFKC, whitespace runs to one space, trimmed, lower-cased."""
+def normalise(text: pl.Series | pa.Array) -> pl.Series:
+    """NFKC, whitespace runs to one space, trimmed, lower-cased.
+
+    Lower-casing comes first here: it changes no whitespace, so it commutes with the other
+    two steps once NFKC is done. ASCII texts (their own NFKC) are lowered by pyarrow's
+    ``ascii_lower``, twenty times faster than Polars' Unicode ``to_lowercase``, which only the
+    other texts get, after NFKC."""
+    arrow = text.to_arrow() if isinstance(text, pl.Series) else text
+    if isinstance(arrow, pa.ChunkedArray):
+        arrow = arrow.combine_chunks()
+    if not (pa.types.is_string(arrow.type) or pa.types.is_large_string(arrow.type)):
+        arrow = arrow.cast(pa.large_string())
+    text = pl.from_arrow(arrow)
+    out = pl.from_arrow(pc.ascii_lower(arrow))
     non_ascii = (text.str.len_bytes() != text.str.len_chars()).arg_true()  # ASCII is its own NFKC
     if len(non_ascii):
-        at = non_ascii.filter(text.gather(non_ascii).str.contains(_nfkc_unsafe()))
-        if len(at):
-            text = text.scatter(at, text.gather(at).str.normalize("NFKC"))
-    return text.str.replace_all(_WHITESPACE_TO_FIX, " ").str.strip_chars().str.to_lowercase()
+        other = text.gather(non_ascii)
+        unsafe = other.str.contains(_nfkc_unsafe()).arg_true()
+        if len(unsafe):
+            other = other.scatter(unsafe, other.gather(unsafe).str.normalize("NFKC"))
+        out = out.scatter(non_ascii, other.str.to_lowercase())
+    return out.str.replace_all(_WHITESPACE_TO_FIX, " ").str.strip_chars()
 
 
 def _part_keys(messages: pa.Array, seed: int) -> pl.Series:
@@ -86,7 +100,7 @@ def _part_keys(messages: pa.Array, seed: int) -> pl.Series:
     if isinstance(messages, pa.ChunkedArray):
         messages = messages.combine_chunks()
     flat = messages.flatten()
-    hashes = pl.DataFrame({"role": flat.field("role"), "content": normalise(pl.from_arrow(flat.field("content")))}).hash_rows(seed=seed)
+    hashes = pl.DataFrame({"role": flat.field("role"), "content": normalise(flat.field("content"))}).hash_rows(seed=seed)
     offsets = messages.offsets.to_numpy().astype(np.int64) - messages.offsets[0].as_py()
     return pl.from_arrow(pa.LargeListArray.from_arrays(from_numpy(offsets), hashes.to_arrow()))
 

@@ -233,6 +233,8 @@ def test_dedup_normalise_equals_its_definition() -> None:
     texts = [json.loads(line)[k] for line in SAMPLE.read_text().splitlines() for k in ("chosen", "rejected")]
     texts += ["Ａｂｃ  X\n\ty", "ﬁne", "e\u0301", "\u00a0a\u3000", "ＡＢＣ", "\u1100\u1161", "x\u0300\u0301", "𝐀𝐁", "Ⅻ", "a\x85b", ""]
     texts += ["".join(chr(c) for c in range(start, start + 64)) for start in range(0, 0x3100, 64)]
+    texts += ["ΑΣ  x", "ΑΣ\n", " ΑΣ ", "ΟΔΟΣ\u3000Α", "İ  I\u0307", "ÅΣ\u3000", "A\u030a  B\u0301"]  # lowering before the rest
+    texts += [f"{c}{chr(m)} {c}{chr(m)}Σ" for c in "AIKSZaiks" for m in range(0x300, 0x370)]  # ASCII letters + marks
     series = pl.Series(texts)
     expected = series.str.normalize("NFKC").str.replace_all(r"\s+", " ").str.strip_chars().str.to_lowercase()
     assert dedup.normalise(series).to_list() == expected.to_list()
