@@ -63,7 +63,7 @@ def ingest(cfg: RunConfig, work_dir: str | Path, progress: Progress | None = Non
     limits = cfg.validate_
     counts: dict[str, Any] = {"sources": {}}
     inputs: list[dict] = []
-    pairs_w = TableWriter(work / "ingested.arrow", "pairs", batch_size=cfg.batch_size)
+    pairs_w = TableWriter(work / "ingested.arrow", "pairs", batch_size=cfg.batch_size, compression=cfg.ingest.staging_compression)
     quar_w = TableWriter(work / "quarantine-ingest.parquet", "quarantine", batch_size=cfg.batch_size)
     dec_w = TableWriter(work / "decisions-ingest.parquet", "decisions", batch_size=cfg.batch_size)
     with pairs_w, quar_w, dec_w:

@@ -2,12 +2,11 @@
 
 Stages hand each other files, never whole tables in memory: a writer buffers one batch of
 rows and flushes it with the contract's schema. Published tables are Parquet (zstd). The
-pairs a stage hands only to the next stage can be Arrow IPC files instead (``.arrow``, LZ4
-buffers): they cost a fraction of a Parquet round trip, which at a million pairs is seconds
-per stage. Compressed, because uncompressed they are a gigabyte per million HH pairs, and
-writing that took longer than compressing it on two cores; LZ4, not zstd, because it
-compresses and decompresses several times faster (at 1M pairs the ingest stage went from
-14.5 s to 11.4 s, the file from 0.4 to 0.6 GB) and validate and dedup both read it.
+pairs a stage hands only to the next stage can be Arrow IPC files instead (``.arrow``): they
+cost a fraction of a Parquet round trip, which at a million pairs is seconds per stage.
+Uncompressed by default: at a million HH pairs LZ4 or zstd cost ingest about 3.5 core-seconds,
+the 0.6 GB more that it writes without them about 1 (in the kernel, on a local disk); a
+recipe short of disk can choose either (``ingest.staging_compression``).
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ class TableWriter:
     """Append rows (dicts) or Arrow tables to a file of one contract table: Parquet, or Arrow
     IPC when the path ends in ``.arrow``."""
 
-    def __init__(self, path: str | Path, table: str, *, batch_size: int = 5_000):
+    def __init__(self, path: str | Path, table: str, *, batch_size: int = 5_000, compression: str | None = None):
         self.path = Path(path)
         self.schema = arrow_schema(table)
         self.names = self.schema.names
@@ -43,7 +42,7 @@ class TableWriter:
         self._rows: list[dict[str, Any]] = []
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.suffix == ARROW_SUFFIX:
-            options = ipc.IpcWriteOptions(compression="lz4")  # buffers compressed on threads
+            options = ipc.IpcWriteOptions(compression=None if compression in (None, "none") else compression)
             self._writer: Any = ipc.new_file(str(self.path), self.schema, options=options)
         else:
             self._writer = pq.ParquetWriter(self.path, self.schema, compression="zstd")

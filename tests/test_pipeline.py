@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -131,3 +132,23 @@ def test_staged_parquet_is_contract_shaped(tmp_path, hh_path):
     kept = pq.read_table(Path(result.run_dir) / "kept.parquet")
     assert kept.schema.equals(arrow_schema("pairs"), check_metadata=False)
     assert kept.num_rows == result.funnel["kept"]
+
+
+@pytest.mark.parametrize("compression", ["lz4", "zstd"])
+def test_staging_compression_changes_the_staged_file_not_the_dataset(hh_run, hh_path, tmp_path, compression):
+    cfg, result = hh_run
+    runs = {}
+    for name in ("none", compression):
+        other = recipe_config(
+            tmp_path / name,
+            [{"name": "hh", "path": str(hh_path), "adapter": "hh_rlhf"}],
+            dataset="hh",
+            ingest={"staging_compression": name},
+        )
+        assert other.config_hash() == cfg.config_hash()  # how a run stages its files is no part of what it publishes
+        runs[name] = (other, curate(other, keep_staging=True))
+    sizes = {name: (Path(r.run_dir) / "ingested.arrow").stat().st_size for name, (_, r) in runs.items()}
+    assert sizes[compression] < 0.8 * sizes["none"]
+    for other, again in runs.values():
+        assert again.funnel == result.funnel
+        assert DatasetStore(other.data_root).read("hh", "pairs").equals(DatasetStore(cfg.data_root).read("hh", "pairs"))
