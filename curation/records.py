@@ -59,7 +59,7 @@ def content_ids(prompt: list[Message], chosen: list[Message], rejected: list[Mes
 def content_id_columns(prompt: pa.Array, chosen: pa.Array, rejected: pa.Array) -> tuple[list[str], list[str]]:
     """``content_ids`` for whole ``messages`` arrays: (prompt ids, pair ids), equal to it row by row.
 
-    Polars builds each message's canonical text in one pass; a row's canonical text is then a
+    pyarrow builds each message's canonical text in one pass; a row's canonical text is then a
     contiguous byte range of that column's buffer, hashed in place without a Python string
     per row. The blake2b calls are the one per-row Python step left.
     """
