@@ -34,6 +34,9 @@ from schemas import arrow_schema
 KEY_SEED = 20261123
 STAGE = "dedup_exact"
 PARTS = ("prompt", "chosen", "rejected")
+ROW_GROUP_ROWS = 50_000
+"""Rows a Parquet row group of kept pairs gets: a row group per batch made the writer (the
+one thread the pass waits on) a quarter slower, for row groups of a few thousand rows."""
 DECISION_COLUMNS = ["pair_id", "source_dataset", "source_file", "source_row", "source_pair_index"]
 _WHITESPACE_TO_FIX = r"\s{2,}|[^\S ]"  # a run of 2+, or one whitespace that is not a space
 
@@ -175,10 +178,19 @@ def deduplicate(
         return batch, valid, keys if mask is None else keys[valid]
 
     kept = duplicates = 0
+    kept_rows: list[pa.Table] = []
+    decisions: list[pa.Table] = []
     with (
         pq.ParquetWriter(kept_path, pairs_schema, compression="zstd") as kept_w,
         pq.ParquetWriter(decisions_path, dec_schema, compression="zstd") as dec_w,
     ):
+
+        def flush() -> None:
+            for writer, tables in ((kept_w, kept_rows), (dec_w, decisions)):
+                if tables:
+                    writer.write_table(pa.concat_tables(tables))
+                tables.clear()
+
         for batch, valid, keys in ordered_map(keyed, batches, threads):
             n = len(valid)
             about = batch.select(DECISION_COLUMNS)
@@ -188,10 +200,13 @@ def deduplicate(
             starts.append(starts[-1] + n)
             keep = first < 0
             rows = batch if keep.all() and n == batch.num_rows else batch.take(from_numpy(valid[keep]))
-            kept_w.write_table(pa.Table.from_batches([rows]).cast(pairs_schema))
-            dec_w.write_table(_decisions(about, keep, _ids_at(ids, np.asarray(starts), first), dec_schema))
+            kept_rows.append(pa.Table.from_batches([rows]).cast(pairs_schema))
+            decisions.append(_decisions(about, keep, _ids_at(ids, np.asarray(starts), first), dec_schema))
             kept += int(keep.sum())
             duplicates += n - int(keep.sum())
+            if sum(t.num_rows for t in decisions) >= ROW_GROUP_ROWS:
+                flush()
+        flush()
     return kept, duplicates
 
 
