@@ -6,9 +6,10 @@ runs, each in its own child process so peak RSS is measured separately:
   1. the pipeline (library, no Prefect): rows/s and peak RSS;
   2. the baseline: pyarrow.json.read_json of the same file + pyarrow.parquet.write_table.
 Prints rows/s, peak RSS and the time ratio pipeline / baseline (target <= 2.0; RSS under
-1.5 GB at 1M rows).
+1.5 GB at 1M rows). On a shared VM whose speed drifts, ``--repeat 3`` alternates the two
+and reports medians (and each run's ratio).
 
-  .venv/bin/python benchmarks/ingest_publish.py --rows 1000000
+  .venv/bin/python benchmarks/ingest_publish.py --rows 1000000 --repeat 3
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import argparse
 import json
 import random
 import resource
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -104,6 +107,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--workdir", default=None, help="where to put the input and outputs (default: a temp dir)")
+    ap.add_argument(
+        "--repeat", type=int, default=1, help="run baseline and pipeline this many times, alternating which goes first; report medians"
+    )
     ap.add_argument("--child", choices=["pipeline", "baseline"], help=argparse.SUPPRESS)
     ap.add_argument("--input", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -121,18 +127,33 @@ def main() -> None:
     size_mb = input_path.stat().st_size / 1e6
     print(f"input: {n:,} rows, {size_mb:,.0f} MB JSONL (built in {time.perf_counter() - t0:.1f} s) at {input_path}")
 
-    base, base_rss = run_child("--child", "baseline", "--input", str(input_path), "--out", str(work / "baseline.parquet"))
-    pipe, pipe_rss = run_child("--child", "pipeline", "--input", str(input_path), "--out", str(work / "root"))
-    ratio = pipe["seconds"] / base["seconds"]
-    print(
-        f"baseline  pyarrow read_json + write_parquet: {base['seconds']:.1f} s, {n / base['seconds']:,.0f} rows/s, peak RSS {base_rss:,.0f} MB"
-    )
-    print(
-        f"pipeline  ingest+validate+dedup+publish:     {pipe['seconds']:.1f} s, {n / pipe['seconds']:,.0f} rows/s, peak RSS {pipe_rss:,.0f} MB"
-    )
-    print("stages    " + ", ".join(f"{k} {v:.1f} s" for k, v in pipe["timings"].items()))
-    print(f"funnel    {pipe['funnel']}")
-    print(f"ratio     pipeline / baseline = {ratio:.2f} (target <= 2.0)")
+    bases, pipes = [], []
+    for i in range(args.repeat):
+        root = work / f"root-{i}"
+        shutil.rmtree(root, ignore_errors=True)
+        order = ("baseline", "pipeline") if i % 2 == 0 else ("pipeline", "baseline")  # drift falls on both
+        for which in order:
+            if which == "baseline":
+                bases.append(run_child("--child", "baseline", "--input", str(input_path), "--out", str(work / "baseline.parquet")))
+            else:
+                pipes.append(run_child("--child", "pipeline", "--input", str(input_path), "--out", str(root)))
+        shutil.rmtree(root, ignore_errors=True)
+        if args.repeat > 1:
+            b, p = bases[-1][0]["seconds"], pipes[-1][0]["seconds"]
+            print(f"run {i + 1}     baseline {b:.1f} s, pipeline {p:.1f} s, ratio {p / b:.2f}")
+    base_s = statistics.median(b["seconds"] for b, _ in bases)
+    pipe_s = statistics.median(p["seconds"] for p, _ in pipes)
+    base_rss, pipe_rss = max(r for _, r in bases), max(r for _, r in pipes)
+    what = "median of " + str(args.repeat) + " runs, " if args.repeat > 1 else ""
+    print(f"baseline  pyarrow read_json + write_parquet: {base_s:.1f} s ({what}{n / base_s:,.0f} rows/s), peak RSS {base_rss:,.0f} MB")
+    print(f"pipeline  ingest+validate+dedup+publish:     {pipe_s:.1f} s ({what}{n / pipe_s:,.0f} rows/s), peak RSS {pipe_rss:,.0f} MB")
+    stages = pipes[0][0]["timings"]
+    print("stages    " + ", ".join(f"{k} {statistics.median(p['timings'][k] for p, _ in pipes):.1f} s" for k in stages))
+    print(f"funnel    {pipes[0][0]['funnel']}")
+    print(f"ratio     pipeline / baseline = {pipe_s / base_s:.2f} (target <= 2.0)")
+    if args.repeat > 1:
+        ratios = sorted(p["seconds"] / b["seconds"] for (b, _), (p, _) in zip(bases, pipes))
+        print(f"          per run: {', '.join(f'{r:.2f}' for r in ratios)}")
 
 
 if __name__ == "__main__":
