@@ -17,7 +17,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.ingest.adapters._columns import PY_WHITESPACE
+from curation.ingest.adapters._columns import PY_WHITESPACE, count_per_row, ranges
 from curation.tables import from_numpy
 
 _NON_BLANK = "[^" + "".join(f"\\x{{{ord(c):x}}}" for c in PY_WHITESPACE) + "]"
@@ -37,7 +37,8 @@ class _Messages:
         return self.contents.str.strip_chars(PY_WHITESPACE)
 
     def non_blank(self) -> np.ndarray:
-        """Per message: holds a character Python's strip keeps (null content: True, to be checked)."""
+        """Per message: holds a character Python's strip keeps (a null content counts as blank,
+        so its row is checked)."""
         return self.contents.str.contains(_NON_BLANK).fill_null(False).to_numpy()
 
     @classmethod
@@ -51,8 +52,7 @@ class _Messages:
 
     def count(self, per_message: np.ndarray) -> np.ndarray:
         """Per row, how many of its messages are True."""
-        total = np.concatenate(([0], np.cumsum(per_message, dtype=np.int64)))
-        return total[self.ends] - total[self.starts]
+        return count_per_row(per_message, self.ends - self.starts)
 
     def roles_at(self, index: np.ndarray) -> pa.Array:
         return pc.take(self.roles, from_numpy(index.astype(np.int64)))
@@ -87,13 +87,9 @@ def _identical(chosen: _Messages, rejected: _Messages) -> np.ndarray:
     lengths = chosen.ends - chosen.starts
     rows = np.flatnonzero(lengths == rejected.ends - rejected.starts)
     lengths = lengths[rows]
-    first = np.cumsum(lengths) - lengths
-    step = np.arange(int(lengths.sum())) - np.repeat(first, lengths)
-    c_at = np.repeat(chosen.starts[rows], lengths) + step
-    r_at = np.repeat(rejected.starts[rows], lengths) + step
+    c_at, r_at = ranges(chosen.starts[rows], lengths), ranges(rejected.starts[rows], lengths)
     same = pl.DataFrame({"c": chosen.stripped().gather(c_at), "r": rejected.stripped().gather(r_at)}).select(pl.col("c") == pl.col("r"))
     same = same.to_series().fill_null(True).to_numpy() & _true(pc.equal(chosen.roles_at(c_at), rejected.roles_at(r_at)))
-    differing = np.concatenate(([0], np.cumsum(~same, dtype=np.int64)))
     out = np.zeros(len(chosen.starts), np.bool_)
-    out[rows] = (differing[first + lengths] - differing[first]) == 0
+    out[rows] = count_per_row(~same, lengths) == 0
     return out

@@ -424,24 +424,26 @@ def test_a_first_publish_dying_while_the_catalog_is_created_leaves_no_catalog(tm
 def test_footers_rule_out_nulls_only_when_no_guarded_column_counts_one(tmp_path: Path) -> None:
     """The publish check skips its scan only on proof from the footers: a null or an empty
     list under a non-nullable field (or missing statistics) sends it to the scan."""
-    from curation.store import _footers_rule_out_nulls
+    from curation.store import _footers_rule_out_nulls, _null_predicates, ident
 
     contract = arrow_schema("pairs")
+    guarded = {f.name for f in contract if _null_predicates(ident(f.name), f)}
+    assert {"pair_id", "prompt", "label_source"} <= guarded and "chosen_score" not in guarded
     clean = tmp_path / "clean.parquet"
     pq.write_table(pairs_table(range(50)), clean, row_group_size=10)
-    assert _footers_rule_out_nulls([clean], contract)
+    assert _footers_rule_out_nulls([clean], guarded)
     rows = pairs_table(range(50)).to_pylist()
     rows[33]["prompt"] = []  # allowed, but the footers cannot tell it from a null
     pq.write_table(pa.Table.from_pylist(rows, schema=contract), tmp_path / "empty.parquet", row_group_size=10)
-    assert not _footers_rule_out_nulls([clean, tmp_path / "empty.parquet"], contract)
+    assert not _footers_rule_out_nulls([clean, tmp_path / "empty.parquet"], guarded)
     rows = pairs_table(range(5)).to_pylist()
     rows[4]["label_source"] = None
     loose = pa.schema([f.with_nullable(True) for f in contract])
     pq.write_table(pa.Table.from_pylist(rows, schema=loose), tmp_path / "null.parquet")
-    assert not _footers_rule_out_nulls([tmp_path / "null.parquet"], contract)
+    assert not _footers_rule_out_nulls([tmp_path / "null.parquet"], guarded)
     pq.write_table(pairs_table(range(5)), tmp_path / "nostats.parquet", write_statistics=False)
-    assert not _footers_rule_out_nulls([tmp_path / "nostats.parquet"], contract)
+    assert not _footers_rule_out_nulls([tmp_path / "nostats.parquet"], guarded)
     scores_only = pairs_table(range(5)).to_pylist()
     scores_only[1]["chosen_score"] = None  # a nullable field's nulls do not matter
     pq.write_table(pa.Table.from_pylist(scores_only, schema=contract), tmp_path / "scores.parquet")
-    assert _footers_rule_out_nulls([tmp_path / "scores.parquet"], contract)
+    assert _footers_rule_out_nulls([tmp_path / "scores.parquet"], guarded)

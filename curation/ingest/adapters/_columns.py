@@ -48,11 +48,21 @@ class ColumnForm:
     adapt: Callable[[pa.Table], ColumnPairs]
 
 
+def positions(lengths: np.ndarray) -> np.ndarray:
+    """Concatenated ``arange(lengths[i])``: each item's position within its row."""
+    return np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+
+
 def ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Concatenated ``arange(starts[i], starts[i] + lengths[i])``, vectorised."""
-    total = int(lengths.sum())
-    first = np.cumsum(lengths) - lengths
-    return np.repeat(starts - first, lengths) + np.arange(total)
+    return np.repeat(starts, lengths) + positions(lengths)
+
+
+def count_per_row(flags: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Per row, how many of its ``lengths[i]`` consecutive items are True."""
+    total = np.concatenate(([0], np.cumsum(flags, dtype=np.int64)))
+    ends = np.cumsum(lengths)
+    return total[ends] - total[ends - lengths]
 
 
 def messages(roles: pl.Series, contents: pl.Series, lengths: np.ndarray) -> pa.Array:

@@ -19,7 +19,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from curation.errors import RowError
-from curation.ingest.adapters._columns import PY_WHITESPACE, ColumnForm, ColumnPairs, messages, ranges
+from curation.ingest.adapters._columns import PY_WHITESPACE, ColumnForm, ColumnPairs, count_per_row, messages, positions, ranges
 from curation.ingest.adapters._fields import get_str
 from curation.records import Message, PairDraft
 
@@ -161,18 +161,15 @@ def _adapt_columns(chosen: pl.Series, rejected: pl.Series) -> ColumnPairs:
 def _alternating_turns(parts: pl.Series, n_parts: np.ndarray) -> np.ndarray:
     """Per row: its turns (every part but the first, each led by its role letter) go U, A, U,
     ..., A, at least one pair of them."""
-    position = np.arange(len(parts)) - np.repeat(np.cumsum(n_parts) - n_parts, n_parts)
+    position = positions(n_parts)
     letter = parts.str.slice(0, 1)
     right = np.where(position % 2 == 1, (letter == "U").to_numpy(), (letter == "A").to_numpy())
-    wrong = np.concatenate(([0], np.cumsum(~right & (position > 0), dtype=np.int64)))
-    ends = np.cumsum(n_parts)
-    return (wrong[ends] == wrong[ends - n_parts]) & (n_parts >= 3) & (n_parts % 2 == 1)
+    return (count_per_row(~right & (position > 0), n_parts) == 0) & (n_parts >= 3) & (n_parts % 2 == 1)
 
 
 def _alternating_roles(lengths: np.ndarray) -> pl.Series:
     """user, assistant, user, ... for each row's prompt turns (what a vouched transcript has)."""
-    position = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    return pl.Series(["user", "assistant"]).gather(position % 2)
+    return pl.Series(["user", "assistant"]).gather(positions(lengths) % 2)
 
 
 def _content(turns: pl.Series) -> pl.Series:
