@@ -41,22 +41,16 @@ DECISION_COLUMNS = ["pair_id", "source_dataset", "source_file", "source_row", "s
 _WHITESPACE_TO_FIX = r"\s{2,}|[^\S ]"  # a run of 2+, or one whitespace that is not a space
 
 
-@cache
-def _nfkc_unsafe() -> str:
-    """A regex class of the characters NFKC might change, alone or next to others.
-
-    Safe are the assigned characters below U+3000 that NFKC maps to themselves, that do not
-    combine (canonical combining class 0) and that are not the second half of a canonical
-    composition (nor Hangul jamo, which compose algorithmically). A text of safe characters
-    only is its own NFKC, so NFKC is skipped for it; everything else (higher planes
-    included) is normalised.
-    """
+def _safe_code_points() -> list[int]:
+    """The assigned code points below U+3000 that NFKC maps to themselves, that do not combine
+    (canonical combining class 0) and that are not the second half of a canonical composition
+    (nor Hangul jamo, which compose algorithmically): a text of these only is its own NFKC."""
     seconds = set()
     for cp in range(0x3000):
         decomposition = unicodedata.decomposition(chr(cp))
         if decomposition and not decomposition.startswith("<") and len(parts := decomposition.split()) == 2:
             seconds.add(int(parts[1], 16))
-    safe = [
+    return [
         cp
         for cp in range(0x3000)
         if not 0x1100 <= cp < 0x1200
@@ -65,8 +59,12 @@ def _nfkc_unsafe() -> str:
         and unicodedata.combining(chr(cp)) == 0
         and unicodedata.normalize("NFKC", chr(cp)) == chr(cp)
     ]
+
+
+def _class_outside(code_points: list[int]) -> str:
+    """A regex class of every character not in ``code_points``."""
     ranges: list[tuple[int, int]] = []
-    for cp in safe:
+    for cp in code_points:
         if ranges and ranges[-1][1] == cp - 1:
             ranges[-1] = (ranges[-1][0], cp)
         else:
@@ -74,28 +72,46 @@ def _nfkc_unsafe() -> str:
     return "[^" + "".join(f"\\x{{{a:x}}}" if a == b else f"\\x{{{a:x}}}-\\x{{{b:x}}}" for a, b in ranges) + "]"
 
 
+@cache
+def _nfkc_unsafe() -> str:
+    """A regex class of the characters NFKC might change, alone or next to others: a text
+    without one is its own NFKC, so NFKC is skipped for it (higher planes are all unsafe)."""
+    return _class_outside(_safe_code_points())
+
+
+@cache
+def _beyond_ascii_lower() -> str:
+    """A regex class of the characters for which ``ascii_lower`` may not be all of the
+    normalising: the NFKC-unsafe ones and those that lower-casing changes. Most non-ASCII
+    text in English data has only typographic quotes and dashes, caseless and safe."""
+    return _class_outside([cp for cp in _safe_code_points() if cp < 0x80 or chr(cp).lower() == chr(cp)])
+
+
 def normalise(text: pl.Series | pa.Array) -> pl.Series:
     """NFKC, whitespace runs to one space, trimmed, lower-cased.
 
     Lower-casing comes first here: it changes no whitespace, so it commutes with the other
-    two steps once NFKC is done. ASCII texts (their own NFKC) are lowered by pyarrow's
-    ``ascii_lower``, twenty times faster than Polars' Unicode ``to_lowercase``, which only the
-    other texts get, after NFKC."""
+    two steps once NFKC is done. Texts with nothing beyond ASCII letters to lower and
+    nothing NFKC changes are lowered by pyarrow's ``ascii_lower``, twenty times faster than
+    Polars' Unicode ``to_lowercase``, which only the other texts get, after NFKC. Once the
+    whitespace runs are single spaces, trimming spaces is trimming whitespace."""
     arrow = text.to_arrow() if isinstance(text, pl.Series) else text
     if isinstance(arrow, pa.ChunkedArray):
         arrow = arrow.combine_chunks()
     if not (pa.types.is_string(arrow.type) or pa.types.is_large_string(arrow.type)):
         arrow = arrow.cast(pa.large_string())
-    text = pl.from_arrow(arrow)
     out = pl.from_arrow(pc.ascii_lower(arrow))
-    non_ascii = (text.str.len_bytes() != text.str.len_chars()).arg_true()  # ASCII is its own NFKC
+    non_ascii = np.flatnonzero(~pc.string_is_ascii(arrow).to_numpy(zero_copy_only=False))
     if len(non_ascii):
-        other = text.gather(non_ascii)
-        unsafe = other.str.contains(_nfkc_unsafe()).arg_true()
-        if len(unsafe):
-            other = other.scatter(unsafe, other.gather(unsafe).str.normalize("NFKC"))
-        out = out.scatter(non_ascii, other.str.to_lowercase())
-    return out.str.replace_all(_WHITESPACE_TO_FIX, " ").str.strip_chars()
+        other = pl.from_arrow(arrow).gather(non_ascii)
+        beyond = other.str.contains(_beyond_ascii_lower()).arg_true()
+        if len(beyond):
+            other = other.gather(beyond)
+            unsafe = other.str.contains(_nfkc_unsafe()).arg_true()
+            if len(unsafe):
+                other = other.scatter(unsafe, other.gather(unsafe).str.normalize("NFKC"))
+            out = out.scatter(non_ascii[beyond.to_numpy()], other.str.to_lowercase())
+    return out.str.replace_all(_WHITESPACE_TO_FIX, " ").str.strip_chars(" ")
 
 
 def _part_keys(messages: pa.Array, seed: int) -> pl.Series:
@@ -156,6 +172,7 @@ def deduplicate(
     *,
     enabled: bool = True,
     threads: int = 1,
+    batch_rows: int = 5_000,
 ) -> tuple[int, int]:
     """One streaming pass over (batch, row mask) (see ``tables.selected_batches``; rows outside
     the mask are not pairs here): write the kept pairs and one decision per pair; returns
@@ -163,7 +180,9 @@ def deduplicate(
 
     A pair is a duplicate when an earlier pair had its key, which is known once the earlier
     batches are, so one pass does it: batches get their keys on ``threads`` threads while
-    this one decides and writes, and the Parquet writer (one thread) overlaps the keys."""
+    this one decides and writes, and the Parquet writer (one thread) overlaps the keys: as
+    many batches are in flight as a row group's worth of rows (``batch_rows`` each), so the
+    key threads keep working while a row group is written."""
     pairs_schema, dec_schema = arrow_schema("pairs"), arrow_schema("decisions")
     seen = _SeenKeys()
     ids: list[pa.Array] = []  # every pair's id, for the ids of the pairs duplicates match
@@ -191,7 +210,7 @@ def deduplicate(
                     writer.write_table(pa.concat_tables(tables))
                 tables.clear()
 
-        for batch, valid, keys in ordered_map(keyed, batches, threads):
+        for batch, valid, keys in ordered_map(keyed, batches, threads, window=2 * threads + -(-ROW_GROUP_ROWS // batch_rows)):
             n = len(valid)
             about = batch.select(DECISION_COLUMNS)
             about = about if n == batch.num_rows else about.take(from_numpy(valid))
@@ -199,8 +218,7 @@ def deduplicate(
             first = seen.first_of(keys, starts[-1]) if keys is not None else np.full(n, -1, np.int64)
             starts.append(starts[-1] + n)
             keep = first < 0
-            rows = batch if keep.all() and n == batch.num_rows else batch.take(from_numpy(valid[keep]))
-            kept_rows.append(pa.Table.from_batches([rows]).cast(pairs_schema))
+            kept_rows.append(_rows_at(batch, valid[keep], pairs_schema))
             decisions.append(_decisions(about, keep, _ids_at(ids, np.asarray(starts), first), dec_schema))
             kept += int(keep.sum())
             duplicates += n - int(keep.sum())
@@ -208,6 +226,17 @@ def deduplicate(
                 flush()
         flush()
     return kept, duplicates
+
+
+def _rows_at(batch: pa.RecordBatch, positions: np.ndarray, schema: pa.Schema) -> pa.Table:
+    """The batch's rows at ``positions`` (ascending) as slices of its runs of consecutive
+    rows: no copy. ``take`` copied every message of nearly every batch (a few duplicates in
+    each), a tenth of the stage on the thread that writes."""
+    breaks = np.flatnonzero(np.diff(positions) != 1) + 1
+    starts, ends = positions[np.r_[0, breaks]], positions[np.r_[breaks - 1, len(positions) - 1]] + 1
+    slices = [batch.slice(a, b - a) for a, b in zip(starts.tolist(), ends.tolist())] if len(positions) else []
+    table = pa.Table.from_batches(slices, schema=batch.schema)
+    return table if table.schema == schema else table.cast(schema)
 
 
 def _ids_at(ids: list[pa.Array], starts: np.ndarray, positions: np.ndarray) -> pa.Array:

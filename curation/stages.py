@@ -248,7 +248,9 @@ def dedup(cfg: RunConfig, work_dir: str | Path, validated: StageOutput, progress
     progress.start("dedup", validated.counts["valid"])
     kept_path, dec_path = work / "kept.parquet", work / "decisions-dedup.parquet"
     batches = selected_batches(source, excluded, batch_size=cfg.batch_size)
-    kept, duplicates = exact_dedup.deduplicate(batches, kept_path, dec_path, enabled=cfg.dedup.exact, threads=cfg.threads)
+    kept, duplicates = exact_dedup.deduplicate(
+        batches, kept_path, dec_path, enabled=cfg.dedup.exact, threads=cfg.threads, batch_rows=cfg.batch_size
+    )
     progress.advance(validated.counts["valid"])
     progress.finish()
     counts = {

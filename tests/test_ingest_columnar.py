@@ -235,6 +235,8 @@ def test_dedup_normalise_equals_its_definition() -> None:
     texts += ["".join(chr(c) for c in range(start, start + 64)) for start in range(0, 0x3100, 64)]
     texts += ["ΑΣ  x", "ΑΣ\n", " ΑΣ ", "ΟΔΟΣ\u3000Α", "İ  I\u0307", "ÅΣ\u3000", "A\u030a  B\u0301"]  # lowering before the rest
     texts += [f"{c}{chr(m)} {c}{chr(m)}Σ" for c in "AIKSZaiks" for m in range(0x300, 0x370)]  # ASCII letters + marks
+    texts += ["It’s  “FINE”—\tOK…", "’ΑΣ’", "“ǅ”", "Ａ’B", "A’\u0301", "Ä–", "’\u00a0X"]  # typographic + the rest
+    texts += [f"Q’{chr(c)} Z" for c in range(0x80, 0x3000, 7)]  # each shortcut-breaking character beside the safe ones
     series = pl.Series(texts)
     expected = series.str.normalize("NFKC").str.replace_all(r"\s+", " ").str.strip_chars().str.to_lowercase()
     assert dedup.normalise(series).to_list() == expected.to_list()
