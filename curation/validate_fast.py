@@ -32,10 +32,6 @@ class _Messages:
     starts: np.ndarray
     ends: np.ndarray
 
-    def stripped(self) -> pl.Series:
-        """Each content as Python's str.strip() leaves it."""
-        return self.contents.str.strip_chars(PY_WHITESPACE)
-
     def non_blank(self) -> np.ndarray:
         """Per message: holds a character Python's strip keeps (a null content counts as blank,
         so its row is checked)."""
@@ -88,8 +84,25 @@ def _identical(chosen: _Messages, rejected: _Messages) -> np.ndarray:
     rows = np.flatnonzero(lengths == rejected.ends - rejected.starts)
     lengths = lengths[rows]
     c_at, r_at = ranges(chosen.starts[rows], lengths), ranges(rejected.starts[rows], lengths)
-    same = pl.DataFrame({"c": chosen.stripped().gather(c_at), "r": rejected.stripped().gather(r_at)}).select(pl.col("c") == pl.col("r"))
-    same = same.to_series().fill_null(True).to_numpy() & _true(pc.equal(chosen.roles_at(c_at), rejected.roles_at(r_at)))
+    c, r = chosen.contents.gather(c_at), rejected.contents.gather(r_at)
+    # texts that differ are equal stripped only if one of them has whitespace to strip
+    flags = pl.DataFrame({"c": c, "r": r}).select(
+        same=(pl.col("c") == pl.col("r")).fill_null(True), maybe=(pl.col("c") != pl.col("r")) & (_padded("c") | _padded("r"))
+    )
+    same = flags["same"].to_numpy().copy()
+    maybe = np.flatnonzero(flags["maybe"].fill_null(False).to_numpy())
+    if len(maybe):
+        same[maybe] = (c.gather(maybe).str.strip_chars(PY_WHITESPACE) == r.gather(maybe).str.strip_chars(PY_WHITESPACE)).to_numpy()
+    same &= _true(pc.equal(chosen.roles_at(c_at), rejected.roles_at(r_at)))
     out = np.zeros(len(chosen.starts), np.bool_)
     out[rows] = count_per_row(~same, lengths) == 0
     return out
+
+
+_WHITESPACE = list(PY_WHITESPACE)
+
+
+def _padded(name: str) -> pl.Expr:
+    """Per text: it starts or ends with a character Python's strip removes. (One select of
+    these beats stripping every text; a Polars call costs ~0.3 ms even on 5,000 rows.)"""
+    return pl.col(name).str.head(1).is_in(_WHITESPACE) | pl.col(name).str.tail(1).is_in(_WHITESPACE)

@@ -125,3 +125,29 @@ def test_precheck_sees_whitespace_as_python_does(blank, part):
     pair[part] = [{"role": pair[part][0]["role"], "content": blank}]
     assert rejected_by_rules(pair)
     assert suspect_rows(frame([pair]), allowed_roles=ROLES).tolist() == [True]
+
+
+@pytest.mark.parametrize("pad", [" ", "\n\t", "\x1c", "\x85", "\u3000", "\u2029 "])
+def test_precheck_finds_responses_that_differ_only_in_padding(pad):
+    """Raw texts differ, stripped they are equal: flagged, in any message and either response;
+    padding inside the text, or on texts that differ anyway, is no reason."""
+
+    def pair(chosen: list[str], rejected: list[str]) -> dict:
+        return {
+            "prompt": [{"role": "user", "content": "q"}],
+            "chosen": [{"role": "assistant", "content": c} for c in chosen],
+            "rejected": [{"role": "assistant", "content": r} for r in rejected],
+        }
+
+    pairs = [
+        pair([pad + "same"], ["same"]),
+        pair(["same"], ["same" + pad]),
+        pair(["a", pad + "b" + pad], ["a", "b"]),
+        pair(["a" + pad + "b"], ["ab"]),
+        pair([pad + "x"], ["y" + pad]),
+        pair(["a", "b"], ["a", pad + "c"]),
+        pair(["same"], ["same"]),
+    ]
+    expected = [True, True, True, False, False, False, True]
+    assert [rejected_by_rules(p) for p in pairs] == expected
+    assert suspect_rows(frame(pairs), allowed_roles=ROLES).tolist() == expected
