@@ -60,7 +60,6 @@ def child_pipeline(input_path: str, root: str) -> None:
             "publish": {"dataset": "bench"},
             "sources": [{"name": "hh", "path": input_path, "adapter": "hh_rlhf"}],
             "data_root": root,
-            "batch_size": 5000,
         }
     )
     t0 = time.perf_counter()

@@ -133,7 +133,12 @@ class RunConfig(Strict):
         description="local folder for runs, caches and converted models; default: the data root when it is a folder, else ./data",
     )
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
-    batch_size: int = Field(default=5_000, ge=1)
+    batch_size: int = Field(
+        default=20_000,
+        ge=1,
+        description="pairs per batch in the vectorised stages: each Polars or Arrow call costs a fraction of a millisecond "
+        "whatever its size, so batches of 20,000 do validate and dedup's work in about two thirds of the CPU time of 5,000",
+    )
     threads: int = Field(
         default_factory=lambda: min(8, (os.cpu_count() or 1) + 1),
         ge=1,

@@ -172,7 +172,7 @@ def deduplicate(
     *,
     enabled: bool = True,
     threads: int = 1,
-    batch_rows: int = 5_000,
+    batch_rows: int = 20_000,
 ) -> tuple[int, int]:
     """One streaming pass over (batch, row mask) (see ``tables.selected_batches``; rows outside
     the mask are not pairs here): write the kept pairs and one decision per pair; returns

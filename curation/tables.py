@@ -27,6 +27,7 @@ from schemas import arrow_schema
 
 ARROW_SUFFIX = ".arrow"
 READ_AHEAD = 2
+ROW_BUFFER_BYTES = 16 << 20
 
 
 class TableWriter:
@@ -40,6 +41,7 @@ class TableWriter:
         self.batch_size = batch_size
         self.rows_written = 0
         self._rows: list[dict[str, Any]] = []
+        self._text_bytes = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.suffix == ARROW_SUFFIX:
             options = ipc.IpcWriteOptions(compression=None if compression in (None, "none") else compression)
@@ -48,9 +50,12 @@ class TableWriter:
             self._writer = pq.ParquetWriter(self.path, self.schema, compression="zstd")
 
     def append(self, row: dict[str, Any]) -> None:
-        """Missing keys are written as nulls."""
+        """Missing keys are written as nulls. The buffer is flushed at ``batch_size`` rows or
+        at about ``ROW_BUFFER_BYTES`` of text, whichever comes first (quarantined rows carry
+        up to ``raw_limit_bytes`` of raw text each)."""
         self._rows.append(row)
-        if len(self._rows) >= self.batch_size:
+        self._text_bytes += sum(len(v) for v in row.values() if isinstance(v, str))
+        if len(self._rows) >= self.batch_size or self._text_bytes >= ROW_BUFFER_BYTES:
             self.flush()
 
     def write_table(self, table: pa.Table) -> None:
@@ -66,6 +71,7 @@ class TableWriter:
         self._writer.write_batch(pa.RecordBatch.from_pylist(self._rows, schema=self.schema))
         self.rows_written += len(self._rows)
         self._rows = []
+        self._text_bytes = 0
 
     def close(self) -> Path:
         self.flush()

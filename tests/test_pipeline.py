@@ -152,3 +152,20 @@ def test_staging_compression_changes_the_staged_file_not_the_dataset(hh_run, hh_
     for other, again in runs.values():
         assert again.funnel == result.funnel
         assert DatasetStore(other.data_root).read("hh", "pairs").equals(DatasetStore(cfg.data_root).read("hh", "pairs"))
+
+
+def test_row_writer_flushes_large_rows_before_batch_size(tmp_path):
+    """Quarantined rows carry raw text: the writer's buffer is bounded by bytes too, so a file
+    of bad rows never holds batch_size rows of raw text in memory."""
+    from curation import tables
+
+    path = tmp_path / "quarantine.parquet"
+    raw = "x" * (tables.ROW_BUFFER_BYTES // 4 + 1)
+    with tables.TableWriter(path, "quarantine", batch_size=20_000) as writer:
+        for i in range(10):
+            writer.append(
+                {"source_dataset": "s", "source_file": "f", "source_row": i, "stage": "adapt", "error_code": "e", "error": "e", "raw": raw}
+            )
+            assert len(writer._rows) < 4
+    meta = pq.ParquetFile(path).metadata
+    assert meta.num_rows == 10 and meta.num_row_groups == 3
