@@ -232,9 +232,11 @@ def _rows_at(batch: pa.RecordBatch, positions: np.ndarray, schema: pa.Schema) ->
     """The batch's rows at ``positions`` (ascending) as slices of its runs of consecutive
     rows: no copy. ``take`` copied every message of nearly every batch (a few duplicates in
     each), a tenth of the stage on the thread that writes."""
-    breaks = np.flatnonzero(np.diff(positions) != 1) + 1
-    starts, ends = positions[np.r_[0, breaks]], positions[np.r_[breaks - 1, len(positions) - 1]] + 1
-    slices = [batch.slice(a, b - a) for a, b in zip(starts.tolist(), ends.tolist())] if len(positions) else []
+    slices = []
+    if len(positions):  # none: a batch of duplicates only
+        breaks = np.flatnonzero(np.diff(positions) != 1) + 1
+        starts, ends = positions[np.r_[0, breaks]], positions[np.r_[breaks - 1, len(positions) - 1]] + 1
+        slices = [batch.slice(a, b - a) for a, b in zip(starts.tolist(), ends.tolist())]
     table = pa.Table.from_batches(slices, schema=batch.schema)
     return table if table.schema == schema else table.cast(schema)
 

@@ -78,6 +78,23 @@ def test_one_pass_dedup_equals_its_definition(staged, tmp_path: Path, batch_size
     assert kept_rows[5] == valid[[i for i, k in enumerate(keep) if k][5]]
 
 
+def test_a_batch_of_duplicates_only_keeps_nothing_and_names_every_match(tmp_path: Path) -> None:
+    """A file read twice over (a source listed twice, a re-run appended): whole batches with no
+    pair to keep."""
+    pairs = run_ingest(SAMPLE, tmp_path / "ingest", columnar=True)["pairs"][:40]
+    path = tmp_path / "pairs.arrow"
+    with TableWriter(path, "pairs", batch_size=40) as w:
+        for r in pairs + pairs:
+            w.append(r)
+    kept, duplicates = dedup.deduplicate(
+        selected_batches(path, np.zeros(0, np.int64), batch_size=20), tmp_path / "kept.parquet", tmp_path / "dec.parquet", threads=2
+    )
+    assert (kept, duplicates) == (40, 40)
+    assert [r["pair_id"] for r in pq.read_table(tmp_path / "kept.parquet").to_pylist()] == [r["pair_id"] for r in pairs]
+    decisions = pq.read_table(tmp_path / "dec.parquet").to_pylist()
+    assert [d["matched_pair_id"] for d in decisions[40:]] == [r["pair_id"] for r in pairs]
+
+
 def test_disabled_dedup_keeps_every_valid_pair(staged, tmp_path: Path) -> None:
     path, rows, excluded = staged
     kept, duplicates = dedup.deduplicate(
