@@ -75,11 +75,12 @@ def content_id_columns(prompt: pa.Array, chosen: pa.Array, rejected: pa.Array) -
     SHA-256 calls are the one per-row Python step left: two a row."""
     prompt_bytes = _joined(_canonical_pieces(prompt))
     pair_bytes = _joined(_canonical_pieces(chosen) + _canonical_pieces(rejected))
-    prompt_at, prompt_data = _binary_offsets(prompt_bytes)
-    pair_at, pair_data = _binary_offsets(pair_bytes)
+    (prompt_at, prompt_buffer), (pair_at, pair_buffer) = _value_offsets(prompt_bytes), _value_offsets(pair_bytes)
+    prompt_data, pair_data = memoryview(prompt_buffer or b""), memoryview(pair_buffer or b"")
     prompt_base, pair_start = hashlib.sha256(b"prompt\x1f"), b"pair\x1f"
     sha256, digits = hashlib.sha256, ID_HEX_DIGITS
     prompt_ids, pair_ids = [], []
+    prompt_at, pair_at = prompt_at.tolist(), pair_at.tolist()
     for p0, p1, q0, q1 in zip(prompt_at[:-1], prompt_at[1:], pair_at[:-1], pair_at[1:]):
         h = prompt_base.copy()
         h.update(prompt_data[p0:p1])
@@ -97,8 +98,8 @@ def _canonical_pieces(messages: pa.Array) -> list[pa.Array]:
     if isinstance(messages, pa.ChunkedArray):
         messages = messages.combine_chunks()
     flat = messages.flatten()  # the rows' messages, in order (respects the array's offset)
-    role_at, roles = _string_offsets(flat.field("role"))
-    content_at, contents = _string_offsets(flat.field("content"))
+    role_at, roles = _value_offsets(flat.field("role"))
+    content_at, contents = _value_offsets(flat.field("content"))
     rows = messages.offsets.to_numpy().astype(np.int64)
     rows -= rows[0]
     count = np.diff(rows)
@@ -126,16 +127,11 @@ def _binary(offsets: np.ndarray, data: pa.Buffer | None) -> pa.Array:
     return pa.Array.from_buffers(pa.large_binary(), len(offsets) - 1, [None, pa.py_buffer(offsets), data or pa.py_buffer(b"")])
 
 
-def _string_offsets(strings: pa.Array) -> tuple[np.ndarray, pa.Buffer | None]:
-    """Each string's start in the data buffer (one more: the end), and that buffer. A null
-    string is empty (a null role or content is validate's to quarantine)."""
-    if not len(strings):
+def _value_offsets(values: pa.Array) -> tuple[np.ndarray, pa.Buffer | None]:
+    """Each value's start in the data buffer of a string or binary array (one more: the end),
+    and that buffer. A null value is empty (a null role or content is validate's to quarantine)."""
+    if not len(values):
         return np.zeros(1, np.int64), None
-    width = np.int64 if pa.types.is_large_string(strings.type) else np.int32
-    offsets = np.frombuffer(strings.buffers()[1], width)[strings.offset : strings.offset + len(strings) + 1].astype(np.int64)
-    return offsets, strings.buffers()[2]
-
-
-def _binary_offsets(array: pa.Array) -> tuple[list[int], memoryview]:
-    offsets = np.frombuffer(array.buffers()[1], np.int64)[array.offset : array.offset + len(array) + 1]
-    return offsets.tolist(), memoryview(array.buffers()[2] or b"")
+    width = np.int64 if pa.types.is_large_string(values.type) or pa.types.is_large_binary(values.type) else np.int32
+    offsets = np.frombuffer(values.buffers()[1], width)[values.offset : values.offset + len(values) + 1].astype(np.int64)
+    return offsets, values.buffers()[2]

@@ -87,10 +87,10 @@ def _identical(chosen: _Messages, rejected: _Messages) -> np.ndarray:
     c, r = chosen.contents.gather(c_at), rejected.contents.gather(r_at)
     # texts that differ are equal stripped only if one of them has whitespace to strip
     flags = pl.DataFrame({"c": c, "r": r}).select(
-        same=(pl.col("c") == pl.col("r")).fill_null(True), maybe=(pl.col("c") != pl.col("r")) & (_padded("c") | _padded("r"))
+        same=(pl.col("c") == pl.col("r")).fill_null(True), padded=(_padded("c") | _padded("r")).fill_null(False)
     )
     same = flags["same"].to_numpy().copy()
-    maybe = np.flatnonzero(flags["maybe"].fill_null(False).to_numpy())
+    maybe = np.flatnonzero(~same & flags["padded"].to_numpy())
     if len(maybe):
         same[maybe] = (c.gather(maybe).str.strip_chars(PY_WHITESPACE) == r.gather(maybe).str.strip_chars(PY_WHITESPACE)).to_numpy()
     same &= _true(pc.equal(chosen.roles_at(c_at), rejected.roles_at(r_at)))
