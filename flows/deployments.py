@@ -18,6 +18,7 @@ data root, when given) as parameters, so a run does not depend on the runner's w
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +104,31 @@ def serve_recipes(recipes: list[Path], *, limit: int | None = None, **kwargs: An
     from prefect import serve
 
     require_server("curate serve")
-    serve(*recipe_deployments(recipes, **kwargs), limit=limit)
+    deployments = recipe_deployments(recipes, **kwargs)
+    try:
+        serve(*deployments, limit=limit)
+    finally:
+        pause_served(deployments)
+
+
+def pause_served(deployments: list[Any]) -> None:
+    """Pause the served deployments' schedules once ``serve`` has stopped (Ctrl-C, SIGTERM).
+
+    Prefect's runner pauses them while its event loop shuts down, and under load that step
+    can lose the race with the loop's teardown, leaving a schedule running with nobody to
+    serve it; pausing again here is idempotent and runs after the loop has gone."""
+    import httpx
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        for deployment in deployments:
+            try:
+                client.pause_deployment(client.read_deployment_by_name(deployment.full_name).id)
+            except ObjectNotFound:  # never registered: serve failed before it got there
+                continue
+            except httpx.HTTPError as err:  # the server went first: nothing can be paused, say so
+                print(f"could not pause the schedules of {deployment.full_name}: {err}", file=sys.stderr)
 
 
 def deploy_recipe(

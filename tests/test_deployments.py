@@ -180,7 +180,8 @@ def test_a_served_deployment_runs_on_the_server_and_publishes(server, tmp_path, 
     finally:
         code = serve.stop()
     assert code is not None
-    assert api(lambda c: c.read_deployment_by_name("curate-recipe/hh-nightly")).paused  # Ctrl-C/SIGTERM pauses the schedule
+    paused = api(lambda c: c.read_deployment_by_name("curate-recipe/hh-nightly")).paused
+    assert paused, f"SIGTERM (exit {code}) left the schedule running\n{serve.tail()}"  # Ctrl-C/SIGTERM pauses it
 
     root = tmp_path / "served" / "root"
     info = DatasetStore(root).version("hh-served")
@@ -191,6 +192,27 @@ def test_a_served_deployment_runs_on_the_server_and_publishes(server, tmp_path, 
     assert sql(q, str(root)).equals(sql(q, direct.data_root))
     assert info.counts["kept"] == DatasetStore(direct.data_root).version("hh-served").counts["kept"]
     assert {"funnel-hh-served", "funnel-table-hh-served", "timings-hh-served", "report-hh-served"} <= {a.key for a in arts}
+
+
+def test_serve_pauses_the_schedules_when_prefects_own_shutdown_did_not(server, tmp_path, hh_path, monkeypatch):
+    """Prefect's runner pauses on shutdown inside its event loop's teardown; a serve that
+    stopped without that step (here: registered, then returned) still leaves them paused."""
+    import prefect
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.deployments import serve_recipes
+
+    def registers_then_stops(*deployments: Any, limit: int | None = None) -> None:
+        for deployment in deployments:
+            deployment.apply()
+
+    monkeypatch.setattr(prefect, "serve", registers_then_stops)
+    recipe = write_recipe(tmp_path / "stopped", hh_sources(hh_path, 10), dataset="hh-stopped")
+    api = Api(server)
+    with temporary_settings({PREFECT_API_URL: server["PREFECT_API_URL"]}):
+        serve_recipes([recipe], cron=["0 4 * * *"], timezone="UTC")
+    dep = api(lambda c: c.read_deployment_by_name("curate-recipe/hh-stopped"))
+    assert dep.paused and crons(dep) == ["0 4 * * *"]
 
 
 def test_prefect_yaml_and_curate_deploy_register_scheduled_deployments(server, tmp_path, hh_path):
