@@ -70,6 +70,7 @@ def child_pipeline(input_path: str, root: str) -> None:
             {
                 "rss_mb": _self_rss_mb(),
                 "seconds": secs,
+                **_cpu_seconds(),
                 "funnel": {
                     k: result.funnel[k] for k in ("rows_in", "pairs_out", "kept", "rows_quarantined", "pairs_quarantined", "pairs_filtered")
                 },
@@ -86,7 +87,14 @@ def child_baseline(input_path: str, out: str) -> None:
     t0 = time.perf_counter()
     table = pj.read_json(input_path, read_options=pj.ReadOptions(block_size=64 << 20))
     pq.write_table(table, out, compression="zstd")
-    print(json.dumps({"rss_mb": _self_rss_mb(), "seconds": time.perf_counter() - t0, "rows": table.num_rows}))
+    print(json.dumps({"rss_mb": _self_rss_mb(), "seconds": time.perf_counter() - t0, "rows": table.num_rows, **_cpu_seconds()}))
+
+
+def _cpu_seconds() -> dict[str, float]:
+    """User and kernel CPU of the whole child: on these VMs the baseline's kernel time (page
+    faults of its ~3 GB) swings between runs while its user time does not."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {"user_s": usage.ru_utime, "sys_s": usage.ru_stime}
 
 
 def _self_rss_mb() -> float:
@@ -105,7 +113,7 @@ def run_child(*args: str) -> tuple[dict, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=100_000)
-    ap.add_argument("--workdir", default=None, help="where to put the input and outputs (default: a temp dir)")
+    ap.add_argument("--workdir", default=None, help="where to put the input and outputs, kept (default: a temp dir, removed at the end)")
     ap.add_argument(
         "--repeat", type=int, default=1, help="run baseline and pipeline this many times, alternating which goes first; report medians"
     )
@@ -118,8 +126,14 @@ def main() -> None:
     if args.child == "baseline":
         return child_baseline(args.input, args.out)
 
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-ingest-"))
-    work.mkdir(parents=True, exist_ok=True)
+    if args.workdir:
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
+        return measure(Path(args.workdir), args)
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:  # a 1M-row input is 1.4 GB
+        return measure(Path(tmp), args)
+
+
+def measure(work: Path, args: argparse.Namespace) -> None:
     input_path = work / "input.jsonl"
     t0 = time.perf_counter()
     n = build_input(input_path, args.rows)
@@ -139,7 +153,8 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
         if args.repeat > 1:
             b, p = bases[-1][0]["seconds"], pipes[-1][0]["seconds"]
-            print(f"run {i + 1}     baseline {b:.1f} s, pipeline {p:.1f} s, ratio {p / b:.2f}")
+            cpu = [f"{x[0]['user_s']:.1f} user + {x[0]['sys_s']:.1f} sys" for x in (bases[-1], pipes[-1])]
+            print(f"run {i + 1}     baseline {b:.1f} s ({cpu[0]}), pipeline {p:.1f} s ({cpu[1]}), ratio {p / b:.2f}")
     base_s = statistics.median(b["seconds"] for b, _ in bases)
     pipe_s = statistics.median(p["seconds"] for p, _ in pipes)
     base_rss, pipe_rss = max(r for _, r in bases), max(r for _, r in pipes)
