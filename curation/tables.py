@@ -30,6 +30,17 @@ READ_AHEAD = 2
 ROW_BUFFER_BYTES = 16 << 20
 
 
+def _text_size(value: Any) -> int:
+    """Characters of text in a row, messages and other nested values included."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(_text_size(v) for v in value.values())
+    if isinstance(value, list):
+        return sum(_text_size(v) for v in value)
+    return 0
+
+
 class TableWriter:
     """Append rows (dicts) or Arrow tables to a file of one contract table: Parquet (zstd), or
     Arrow IPC when the path ends in ``.arrow`` (``compression``: none, lz4 or zstd)."""
@@ -52,9 +63,9 @@ class TableWriter:
     def append(self, row: dict[str, Any]) -> None:
         """Missing keys are written as nulls. The buffer is flushed at ``batch_size`` rows or
         at about ``ROW_BUFFER_BYTES`` of text, whichever comes first (quarantined rows carry
-        up to ``raw_limit_bytes`` of raw text each)."""
+        up to ``raw_limit_bytes`` of raw text each, pairs from the row path their messages)."""
         self._rows.append(row)
-        self._text_bytes += sum(len(v) for v in row.values() if isinstance(v, str))
+        self._text_bytes += _text_size(row)
         if len(self._rows) >= self.batch_size or self._text_bytes >= ROW_BUFFER_BYTES:
             self.flush()
 

@@ -169,3 +169,20 @@ def test_row_writer_flushes_large_rows_before_batch_size(tmp_path):
             assert len(writer._rows) < 4
     meta = pq.ParquetFile(path).metadata
     assert meta.num_rows == 10 and meta.num_row_groups == 3
+
+    # pairs from the row path: their text is in the messages
+    from curation.config import SourceConfig
+    from curation.ingest.rows import pair_row
+    from curation.records import PairDraft
+
+    src = SourceConfig(name="s", path="f.jsonl", adapter="trl")
+    path = tmp_path / "pairs.parquet"
+    with tables.TableWriter(path, "pairs", batch_size=20_000) as writer:
+        for i in range(10):
+            turn = [{"role": "assistant", "content": f"{i} " + raw}]
+            writer.append(
+                pair_row(PairDraft([{"role": "user", "content": "q"}], turn, [{"role": "assistant", "content": "no"}]), src, "f", i, 0)
+            )
+            assert len(writer._rows) < 4
+    meta = pq.ParquetFile(path).metadata
+    assert meta.num_rows == 10 and meta.num_row_groups == 3
