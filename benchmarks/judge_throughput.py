@@ -2,7 +2,7 @@
 
 The judge asks every pair twice (both orders), so an ideal client holding ``concurrency``
 requests in flight against a server answering in ``latency`` seconds labels
-``concurrency / latency / 2`` pairs/s. The stub (``curation.testing.openai_stub``, in a child
+``concurrency / latency / 2`` pairs/s. The stub (``tests.support.openai_stub``, in a child
 process) answers each chat request after the fixed latency with a schema-valid JSON verdict,
 so what falls short is the judge's own cost: rendering templates, parsing, building label
 rows, plus the openai client. Printed: pairs/s, requests/s, their fraction of the ideal, and
@@ -25,8 +25,8 @@ import pyarrow as pa  # noqa: E402
 
 from benchmarks.api_client import _stub  # noqa: E402
 from benchmarks.logprob_scoring import real_pairs  # noqa: E402
-from curation.label import BackendPool, build_labeler  # noqa: E402
-from curation.label.config import JudgePairwiseConfig  # noqa: E402
+from curation.stages.label import BackendPool, build_labeler  # noqa: E402
+from curation.stages.label.config import JudgePairwiseConfig  # noqa: E402
 from schemas import arrow_schema  # noqa: E402
 
 

@@ -6,7 +6,7 @@ asks each method which pairs are mislabelled and scores the answer against the s
 
 * voting: the cross-fitted Bradley-Terry ensemble (``bt_ensemble``, members 10, so 5 held-out
   votes per pair) trained on the NOISY labels, then the voting filter step
-  (``curation.filter.voting``) with each rule; "flagged" = its ``flipped`` decisions.
+  (``curation.stages.filter.voting``) with each rule; "flagged" = its ``flipped`` decisions.
 * cleanlab: ``cleanlab.filter.find_label_issues`` on the same MiniLM features. A pair becomes
   phi = e_chosen - e_rejected as the noisy label orients it, with a seeded random half mirrored
   (-phi, class 0) so both classes exist; pred_probs are out-of-fold from a logistic regression
@@ -47,15 +47,15 @@ import polars as pl  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
 from benchmarks.shared_sets import DATASETS, PAIRS_SCHEMA, SHARED, load_pairs  # noqa: E402
-from curation.filter.base import LABEL_COLUMNS, FramePairs, StepContext  # noqa: E402
-from curation.filter.config import VotingStep  # noqa: E402
-from curation.filter.voting import run as voting_run  # noqa: E402
-from curation.label.base import BackendPool, response_text  # noqa: E402
-from curation.label.bt_ensemble import BTEnsemble  # noqa: E402
-from curation.label.config import BTEnsembleConfig  # noqa: E402
 from curation.models import BackendConfig, build_backend  # noqa: E402
 from curation.models.memo import MemoEmbedder  # noqa: E402
-from curation.records import prompt_id  # noqa: E402
+from curation.records import prompt_id, response_text  # noqa: E402
+from curation.stages.filter.base import LABEL_COLUMNS, FramePairs, StepContext  # noqa: E402
+from curation.stages.filter.config import VotingStep  # noqa: E402
+from curation.stages.filter.voting import run as voting_run  # noqa: E402
+from curation.stages.label.base import BackendPool  # noqa: E402
+from curation.stages.label.bt_ensemble import BTEnsemble  # noqa: E402
+from curation.stages.label.config import BTEnsembleConfig  # noqa: E402
 
 
 def inject_noise(pairs: list[dict[str, Any]], k: float, seed: int) -> tuple[list[dict[str, Any]], set[str]]:

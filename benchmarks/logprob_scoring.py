@@ -33,7 +33,7 @@ SAMPLE = REPO / "data" / "samples" / "hh-rlhf-harmless-base" / "test-dev-1200.js
 
 def real_pairs(n: int) -> tuple[list[list[dict]], list[str]]:
     """(prompt conversation, chosen response) from the shipped HH sample, parsed by the adapter."""
-    from curation.ingest.adapters import build_adapter
+    from curation.stages.ingest.adapters import build_adapter
 
     adapter = build_adapter("hh_rlhf", {})
     conversations, responses = [], []

@@ -46,14 +46,14 @@ sys.path.insert(0, str(REPO))
 import polars as pl  # noqa: E402
 
 from curation.errors import NoPairs, RowError  # noqa: E402
-from curation.filter.base import FramePairs, StepContext, StepResult  # noqa: E402
-from curation.filter.config import NearDedupStep, SemanticDedupStep  # noqa: E402
-from curation.filter.near_dedup import run as near_dedup  # noqa: E402
-from curation.filter.semantic_dedup import run as semantic_dedup  # noqa: E402
-from curation.ingest.adapters import build_adapter  # noqa: E402
-from curation.label.base import BackendPool  # noqa: E402
 from curation.models import BackendConfig  # noqa: E402
 from curation.records import PairDraft, content_ids  # noqa: E402
+from curation.stages.filter.base import FramePairs, StepContext, StepResult  # noqa: E402
+from curation.stages.filter.config import NearDedupStep, SemanticDedupStep  # noqa: E402
+from curation.stages.filter.near_dedup import run as near_dedup  # noqa: E402
+from curation.stages.filter.semantic_dedup import run as semantic_dedup  # noqa: E402
+from curation.stages.ingest.adapters import build_adapter  # noqa: E402
+from curation.stages.label.base import BackendPool  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 PANDALM = {

@@ -44,16 +44,16 @@ import polars as pl  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
 from benchmarks.shared_sets import DATASETS, PAIRS_SCHEMA, SHARED, load_pairs  # noqa: E402
-from curation.filter.base import LABEL_COLUMNS  # noqa: E402
-from curation.filter.config import RouteStep  # noqa: E402
-from curation.label.base import BackendPool  # noqa: E402
-from curation.label.bt_ensemble import BTEnsemble  # noqa: E402
-from curation.label.config import BTEnsembleConfig  # noqa: E402
 from curation.models import BackendConfig, build_backend  # noqa: E402
 from curation.models.memo import MemoEmbedder  # noqa: E402
 from curation.records import prompt_id  # noqa: E402
-from curation.route.features import FEATURES, features  # noqa: E402
-from curation.route.router import as_ai_labelled, fit_weights, routing_table, score  # noqa: E402
+from curation.stages.filter.base import LABEL_COLUMNS  # noqa: E402
+from curation.stages.filter.config import RouteStep  # noqa: E402
+from curation.stages.filter.route import as_ai_labelled, fit_weights, routing_table, score  # noqa: E402
+from curation.stages.filter.route_features import FEATURES, features  # noqa: E402
+from curation.stages.label.base import BackendPool  # noqa: E402
+from curation.stages.label.bt_ensemble import BTEnsemble  # noqa: E402
+from curation.stages.label.config import BTEnsembleConfig  # noqa: E402
 
 BUDGETS = [b / 100 for b in range(0, 101, 5)]
 METHODS = ["random", "default", "learned", "oracle"]

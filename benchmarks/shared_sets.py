@@ -9,9 +9,8 @@ from typing import Any
 import pyarrow as pa
 
 from curation.errors import NoPairs, RowError
-from curation.ingest.adapters import build_adapter
-from curation.label.base import response_text
-from curation.records import pair_id
+from curation.records import pair_id, response_text
+from curation.stages.ingest.adapters import build_adapter
 from schemas import arrow_schema
 
 REPO = Path(__file__).resolve().parents[1]

@@ -17,9 +17,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from curation.errors import ConfigError, repeated
-from curation.filter.config import FilterConfig
-from curation.generate.config import GenerateConfig
-from curation.label.config import PROMPT_FILE_SUFFIXES, LabelConfig
+from curation.stages.filter.config import FilterConfig
+from curation.stages.generate.config import GenerateConfig
+from curation.stages.label.config import PROMPT_FILE_SUFFIXES, LabelConfig
 
 DATASET_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
@@ -217,7 +217,7 @@ def parse_config(data: Any, *, where: str = "(inline)", base_dir: Path | None = 
         for src in cfg.sources:
             if src.format != "hf" and not Path(src.path).is_absolute() and not src.path.startswith(("hf://", "s3://")):
                 src.path = str((base_dir / src.path).resolve())
-    from curation.ingest.adapters import check_options  # late: adapters import records only
+    from curation.stages.ingest.adapters import check_options  # late: adapters import records only
 
     for i, src in enumerate(cfg.sources):
         try:

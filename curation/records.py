@@ -1,13 +1,16 @@
-"""Canonical pairs as Python values, and their stable content ids.
+"""Canonical pairs as Python values, their stable content ids, and the rows stages write about them.
 
 Adapters return ``PairDraft``s (what a source row says); the pipeline adds the ids and
-source coordinates that make them rows of the ``pairs`` table.
+source coordinates that make them rows of the ``pairs`` table (``check_structure`` says
+whether a draft can be one at all). ``quarantine_row`` is the quarantine table's row for a
+row or pair that failed, whichever stage found it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +18,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curation.errors import RowError
+
 Message = dict[str, str]  # {"role": ..., "content": ...}
+PAIR_PARTS = ("prompt", "chosen", "rejected")
 
 
 @dataclass
@@ -135,3 +141,62 @@ def _value_offsets(values: pa.Array) -> tuple[np.ndarray, pa.Buffer | None]:
     width = np.int64 if pa.types.is_large_string(values.type) or pa.types.is_large_binary(values.type) else np.int32
     offsets = np.frombuffer(values.buffers()[1], width)[values.offset : values.offset + len(values) + 1].astype(np.int64)
     return offsets, values.buffers()[2]
+
+
+def check_structure(pair: dict[str, Any]) -> None:
+    """Raise RowError unless prompt/chosen/rejected are lists of {role, content} strings."""
+    texts: list[str] = []
+    for part in PAIR_PARTS:
+        messages = pair.get(part)
+        if not isinstance(messages, list):
+            raise RowError("wrong_type", f"{part} must be a list of messages, got {type(messages).__name__}", part)
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict):
+                raise RowError("wrong_type", f"{part}[{i}] must be a {{role, content}} object, got {type(m).__name__}", f"{part}[{i}]")
+            role, content = m.get("role"), m.get("content")
+            if type(role) is not str or type(content) is not str:
+                key, value = ("role", role) if type(role) is not str else ("content", content)
+                raise RowError("wrong_type", f"{part}[{i}].{key} must be a string, got {type(value).__name__}", f"{part}[{i}].{key}")
+            texts.append(role)
+            texts.append(content)
+    try:
+        "".join(texts).encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates, e.g. from a "\ud800" JSON escape; find where
+        for part in PAIR_PARTS:
+            for i, m in enumerate(pair[part]):
+                for key in ("role", "content"):
+                    try:
+                        m[key].encode("utf-8")
+                    except UnicodeEncodeError:
+                        raise RowError("undecodable_text", f"{part}[{i}].{key} is not valid Unicode text", f"{part}[{i}].{key}") from None
+        raise
+
+
+def quarantine_row(
+    source: str, file: str, row: int, stage: str, err: RowError, raw: str | None, raw_bytes: int | None, pair_index: int | None = None
+) -> dict[str, Any]:
+    return {
+        "source_dataset": source,
+        "source_file": file,
+        "source_row": row,
+        "source_pair_index": pair_index,
+        "stage": stage,
+        "field": err.field,
+        "error_code": err.code,
+        "error": err.message,
+        "raw": raw,
+        "raw_bytes": raw_bytes,
+    }
+
+
+def response_text(messages: Sequence[dict[str, str]] | None) -> str:
+    """A response stored as messages, as one text (multi-message responses joined by a blank line)."""
+    return "\n\n".join(m["content"] for m in messages or [])
+
+
+def render_conversation(messages: Sequence[dict[str, str]]) -> str:
+    """The prompt conversation as people (and judges) read it: a lone user turn as is, else one labelled block per turn."""
+    if len(messages) == 1 and messages[0]["role"] == "user":
+        return messages[0]["content"]
+    names = {"user": "User", "assistant": "Assistant", "system": "System", "tool": "Tool"}
+    return "\n\n".join(f"{names.get(m['role'], m['role'].title())}: {m['content']}" for m in messages)

@@ -15,8 +15,8 @@ from typing import Any
 
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
-from curation.pipeline import RunResult
-from curation.report import funnel_steps, reason_rows
+from curation.report.html import funnel_steps, reason_rows
+from curation.run.runner import RunResult
 
 
 def artifact_key(prefix: str, dataset: str) -> str:

@@ -2,12 +2,12 @@
 
 Why it is built this way:
 
-* **What a key covers.** A stage's key hashes the stage name, the recipe sections that stage
-  reads (ingest: sources and read limits; validate: ``validate``; dedup: ``dedup``; generate:
-  ``generate``; label: ``label``), the source files' fingerprints (ingest), the key of every
-  upstream stage, and a fingerprint of the package's code. So a recipe that changes only its
-  ``filter:`` section reuses ingest, validate, dedup, generate and label; a changed input
-  file, rule or code invalidates that stage and everything after it. Keys are computed once,
+* **What a key covers.** A stage's key hashes the stage name, the recipe sections the stage
+  declares it reads (``Stage.sections``: ingest the sources and read limits, validate
+  ``validate``, and so on), the source files' fingerprints (a stage with ``reads_sources``),
+  the key of every upstream stage, and a fingerprint of the package's code. So a recipe that
+  changes only its ``filter:`` section reuses every cached stage; a changed input file, rule or
+  code invalidates that stage and everything after it. Keys are computed once,
   up front, in the flow body (``stage_keys``) and handed to each task in a ``StageSlot``.
 * **Where outputs live.** A stage's files normally go to the run folder, which
   ``finish_run`` empties; a cached result must point at files that still exist. A cached
@@ -48,14 +48,14 @@ from typing import Any
 
 from prefect.cache_policies import CachePolicy
 
+from curation import spine
 from curation.config import RunConfig
-from curation.stages import StageOutput
+from curation.stages.base import StageOutput
 
 MAX_AGE_DAYS = 14
 CACHE_EXPIRATION = dt.timedelta(days=MAX_AGE_DAYS)
 KEEP_PER_STAGE = 3
 MARKER = "stage.json"
-CACHED_STAGES = ("ingest", "validate", "dedup", "generate", "label")
 _PACKAGE_DIRS = ("curation", "schemas", "flows")
 
 
@@ -97,18 +97,27 @@ def _inputs_key(fingerprints: list[dict]) -> list[tuple]:
     )
 
 
+def _section(content: dict[str, Any], path: str) -> Any:
+    """The value at a dotted path of the recipe's content (None where it is absent)."""
+    value: Any = content
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
 def stage_keys(cfg: RunConfig, fingerprints: list[dict], code: str | None = None) -> dict[str, str]:
-    """The cache key of each stage the recipe runs, chained through its upstream stages."""
+    """The cache key of each cached stage the recipe runs, chained through its upstream stages:
+    the stage's name, the code, the recipe sections it declares, the sources' fingerprints if
+    it reads them, and its upstream stages' keys (None for one the recipe does not run)."""
     code = code or code_fingerprint()
-    d = cfg.content_dict()
-    limits = {k: d["validate"].get(k) for k in ("max_row_bytes", "raw_limit_bytes")}
-    keys = {"ingest": _digest("ingest", code, d["sources"], limits, _inputs_key(fingerprints))}
-    keys["validate"] = _digest("validate", code, d["validate"], keys["ingest"])
-    keys["dedup"] = _digest("dedup", code, d["dedup"], keys["validate"])
-    if cfg.generate is not None:
-        keys["generate"] = _digest("generate", code, d["generate"], keys["dedup"])
-    if cfg.label is not None:
-        keys["label"] = _digest("label", code, d["label"], keys["dedup"], keys.get("generate"))
+    content = cfg.content_dict()
+    keys: dict[str, str] = {}
+    for stage in spine.active(cfg):
+        if not stage.cached:
+            continue
+        sections = [_section(content, path) for path in stage.sections]
+        inputs = _inputs_key(fingerprints) if stage.reads_sources else None
+        keys[stage.name] = _digest(stage.name, code, sections, inputs, [keys.get(u) for u in stage.upstream])
     return keys
 
 

@@ -1,5 +1,4 @@
-"""The spine as a Prefect flow: ingest -> validate -> dedup -> [generate] -> [label] -> [filter] -> publish,
-one task each (one per filter step).
+"""The spine as a Prefect flow: one task per stage of ``curation.spine`` (one per filter step), then publish.
 
 Runs with no Prefect server (ephemeral mode) from the CLI (`curate run`) or from Python
 (`run_recipe("recipes/hh-rlhf-sample.yaml")`); on a server the same flow is deployable
@@ -37,15 +36,16 @@ from prefect import flow, get_run_logger, runtime, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
 
-from curation import pipeline, stages
+from curation import spine
 from curation.config import RunConfig, load_config
-from curation.filter import stage as filtering
-from curation.generate import stage as generation
-from curation.label import stage as labeling
 from curation.models.config import BackendConfig
 from curation.progress import NoProgress, Progress
-from curation.stages import StageOutput
-from curation.store import DatasetStore, VersionInfo
+from curation.run import publish as publishing
+from curation.run import runner as pipeline
+from curation.run.inputs import find_unchanged, source_fingerprints
+from curation.stages.base import Stage, StageOutput
+from curation.stages.filter import stage as filtering
+from curation.store.catalog import DatasetStore, VersionInfo
 from flows import caching
 from flows.artifacts import funnel_markdown, publish_artifacts
 from flows.retries import API_RETRIES, IO_RETRIES
@@ -90,36 +90,20 @@ def _progress_for_task() -> Progress:
     return _progress or LogProgress(get_run_logger())
 
 
-_CACHED = {"cache_policy": caching.STAGE_CACHE, "cache_expiration": caching.CACHE_EXPIRATION}
+RETRIES = {"io": IO_RETRIES, "api": API_RETRIES, None: {}}
 
 
-@task(name="ingest", **_CACHED, **IO_RETRIES)
-def ingest_task(cfg: RunConfig, slot: caching.StageSlot) -> StageOutput:
-    return caching.build(slot, lambda folder: stages.ingest(cfg, folder, _progress_for_task()))
+@task(name="stage", cache_policy=caching.STAGE_CACHE, cache_expiration=caching.CACHE_EXPIRATION)
+def stage_task(stage_name: str, cfg: RunConfig, slot: caching.StageSlot, upstream: dict[str, StageOutput]) -> StageOutput:
+    """One cached stage of the spine, built into its cache slot."""
+    stage = spine.stage(stage_name)
+    return caching.build(slot, lambda folder: stage.run(cfg, folder, upstream, _progress_for_task()))
 
 
-@task(name="validate", **_CACHED)
-def validate_task(cfg: RunConfig, slot: caching.StageSlot, ingested: StageOutput) -> StageOutput:
-    return caching.build(slot, lambda folder: stages.validate(cfg, folder, ingested, _progress_for_task()))
-
-
-@task(name="dedup", **_CACHED)
-def dedup_task(cfg: RunConfig, slot: caching.StageSlot, validated: StageOutput) -> StageOutput:
-    return caching.build(slot, lambda folder: stages.dedup(cfg, folder, validated, _progress_for_task()))
-
-
-@task(name="generate", tags=[MODEL_SERVER_TAG], **_CACHED, **API_RETRIES)
-def generate_task(cfg: RunConfig, slot: caching.StageSlot, deduped: StageOutput) -> StageOutput:
-    return caching.build(slot, lambda folder: generation.generate(cfg, folder, deduped.files["pairs"], _progress_for_task()))
-
-
-@task(name="label", tags=[MODEL_SERVER_TAG], **_CACHED, **API_RETRIES)
-def label_task(cfg: RunConfig, slot: caching.StageSlot, deduped: StageOutput, generated: StageOutput | None) -> StageOutput:
-    files = pipeline.pairs_to_label(deduped, generated)
-    return caching.build(slot, lambda folder: labeling.label(cfg, folder, files, _progress_for_task()))
-
-
-STAGE_TASKS = {"ingest": ingest_task, "validate": validate_task, "dedup": dedup_task, "generate": generate_task, "label": label_task}
+def _stage_as_task(stage: Stage, records: Path) -> Any:
+    return stage_task.with_options(
+        name=stage.name, tags=[MODEL_SERVER_TAG] if stage.uses_models else [], result_storage=records, **RETRIES[stage.retry]
+    )
 
 
 @task(name="filter-step", cache_policy=NO_CACHE)
@@ -138,16 +122,6 @@ def _step_as_task(step, pairs, labels, ctx):  # noqa: ANN001, ANN202 - filtering
     return tagged.submit(step, pairs, labels, replace(ctx, progress=NoProgress())).result()
 
 
-def filter_stage(
-    cfg: RunConfig, run_dir: str, deduped: StageOutput, generated: StageOutput | None, labelled: StageOutput | None
-) -> StageOutput:
-    """The filter stage in the flow body (it holds the pairs' index between steps); each step
-    runs as its own task, so the Prefect UI shows and times every filter."""
-    labels = labelled.files["labels"] if labelled is not None else None
-    progress = _progress or LogProgress(get_run_logger())
-    return filtering.filter_pairs(cfg, run_dir, pipeline.pairs_to_label(deduped, generated), labels, progress, runner=_step_as_task)
-
-
 def _published_by(cfg: RunConfig, run_id: str) -> VersionInfo | None:
     store = DatasetStore(cfg.data_root)
     if cfg.publish.dataset not in store.datasets():
@@ -156,36 +130,34 @@ def _published_by(cfg: RunConfig, run_id: str) -> VersionInfo | None:
 
 
 @task(name="publish", cache_policy=NO_CACHE, **IO_RETRIES)
-def publish_task(
-    cfg: RunConfig,
-    run_dir: str,
-    ingested: StageOutput,
-    validated: StageOutput,
-    deduped: StageOutput,
-    generated: StageOutput | None = None,
-    labelled: StageOutput | None = None,
-    filtered: StageOutput | None = None,
-) -> tuple[VersionInfo, dict]:
+def publish_task(cfg: RunConfig, run_dir: str, outs: dict[str, StageOutput]) -> tuple[VersionInfo, dict]:
     """Commit the version. A retry first looks for a version this run already committed (the
     failure came after the commit), so a retried publish never publishes twice."""
     if runtime.task_run.run_count > 1 and (done := _published_by(cfg, Path(run_dir).name)) is not None:
         return done, done.counts
-    return pipeline.publish(cfg, Path(run_dir), ingested, validated, deduped, generated, labelled, filtered)
+    return pipeline.publish(cfg, Path(run_dir), outs)
 
 
-def _stage_futures(cfg: RunConfig, slots: dict[str, caching.StageSlot]) -> dict[str, PrefectFuture]:
-    """Submit the cached stages, each on the previous one's future (Prefect records the edges)."""
+def _run_stages(cfg: RunConfig, run_dir: str) -> tuple[dict[str, PrefectFuture | StageOutput], dict[str, StageOutput], list[str]]:
+    """Every stage of the spine the recipe runs: the cached ones submitted as tasks, each on its
+    upstream stages' futures (Prefect records the edges), the others in the flow body.
+    Returns (futures or outputs by stage, outputs by stage, the stages reused from the cache)."""
     records = caching.records_dir(cfg)
-    t = {name: STAGE_TASKS[name].with_options(result_storage=records) for name in slots}
-    f: dict[str, PrefectFuture] = {}
-    f["ingest"] = t["ingest"].submit(cfg, slots["ingest"])
-    f["validate"] = t["validate"].submit(cfg, slots["validate"], f["ingest"])
-    f["dedup"] = t["dedup"].submit(cfg, slots["dedup"], f["validate"])
-    if "generate" in slots:
-        f["generate"] = t["generate"].submit(cfg, slots["generate"], f["dedup"])
-    if "label" in slots:
-        f["label"] = t["label"].submit(cfg, slots["label"], f["dedup"], f.get("generate"))
-    return f
+    slots = caching.slots(cfg, caching.stage_keys(cfg, source_fingerprints(cfg)))
+    handles: dict[str, PrefectFuture | StageOutput] = {}
+    outs: dict[str, StageOutput] = {}
+    for stage in spine.active(cfg):
+        upstream = pipeline.upstream_of(stage.name, handles)
+        if stage.cached:
+            handles[stage.name] = _stage_as_task(stage, records).submit(stage.name, cfg, slots[stage.name], upstream)
+            continue
+        ready = {name: h.result() if isinstance(h, PrefectFuture) else h for name, h in upstream.items()}
+        progress = _progress or LogProgress(get_run_logger())
+        handles[stage.name] = stage.with_step_runner(_step_as_task).run(cfg, run_dir, ready, progress)
+    for name, h in handles.items():
+        outs[name] = h.result() if isinstance(h, PrefectFuture) else h
+    cached = [name for name, h in handles.items() if isinstance(h, PrefectFuture) and h.state.name == "Cached"]
+    return handles, outs, cached
 
 
 @flow(name="curate", log_prints=True)
@@ -193,26 +165,19 @@ def curate_flow(recipe: str, data_root: str | None = None, force: bool = False, 
     """Curate a recipe into a new version of its dataset (or report it unchanged)."""
     cfg = load_config(recipe, data_root=data_root)
     logger = get_run_logger()
-    store = DatasetStore(cfg.data_root)
-    if not force and (same := pipeline.find_unchanged(cfg, store)) is not None:
+    if not force and (same := find_unchanged(cfg, DatasetStore(cfg.data_root))) is not None:
         logger.info("%s v%d was built from this config and these inputs; nothing to do", same.dataset, same.version)
         return asdict(pipeline.unchanged_result(cfg, same))
-    pipeline.check_models(cfg)  # a bad backend or labeler config fails before any work
-    run_dir = str(pipeline.new_run_dir(cfg))
-    slots = caching.slots(cfg, caching.stage_keys(cfg, pipeline.source_fingerprints(cfg)))
-    futures = _stage_futures(cfg, slots)
-    outs: dict[str, StageOutput] = {name: fut.result() for name, fut in futures.items()}
-    cached = [name for name, fut in futures.items() if fut.state.name == "Cached"]
+    pipeline.check_stages(cfg)  # a bad backend or labeler config fails before any work
+    run_dir = str(publishing.new_run_dir(cfg))
+    handles, outs, cached = _run_stages(cfg, run_dir)
     if cached:
         logger.info("reused from the stage cache: %s", ", ".join(cached))
-    generated, labelled = outs.get("generate"), outs.get("label")
-    filtered = filter_stage(cfg, run_dir, outs["dedup"], generated, labelled) if cfg.filter else None
     t0 = time.perf_counter()
-    published = publish_task.submit(cfg, run_dir, futures["ingest"], futures["validate"], futures["dedup"], generated, labelled, filtered)
-    info, funnel = published.result()
-    timings = {o.stage: 0.0 if o.stage in cached else o.seconds for o in (*outs.values(), filtered) if o is not None}
+    info, funnel = publish_task.submit(cfg, run_dir, handles).result()
+    timings = {name: 0.0 if name in cached else out.seconds for name, out in outs.items()}
     timings["publish"] = time.perf_counter() - t0
-    staged = {o.stage: {"files": o.files, "cached": o.stage in cached} for o in outs.values()}
+    staged = {name: {"files": out.files, "cached": name in cached} for name, out in outs.items()}
     (Path(run_dir) / "stages.json").write_text(json.dumps(staged, indent=1))
     result = pipeline.finish_run(cfg, Path(run_dir), info, funnel, timings, keep_staging=keep_staging)
     publish_artifacts(result, cached)

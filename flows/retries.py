@@ -22,7 +22,7 @@ from prefect.tasks import exponential_backoff
 from curation.errors import CurationError
 from curation.models.base import BackendError, Unsupported
 from curation.models.openai_backend import ServerRejected
-from curation.store import DatasetBusy
+from curation.store.catalog import DatasetBusy
 
 IO_BACKOFF_S = 2.0  # 2, 4, 8 s
 API_BACKOFF_S = 10.0  # 10, 20, 40 s

@@ -13,8 +13,8 @@ import yaml
 
 from curation.config import RunConfig, load_config
 from curation.errors import RowError
-from curation.ingest.adapters import build_adapter
 from curation.records import PairDraft, pair_id
+from curation.stages.ingest.adapters import build_adapter
 from schemas import arrow_schema
 
 

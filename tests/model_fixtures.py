@@ -39,7 +39,7 @@ def smollm2_dir(models_root: Path) -> Path:
     project's dependencies); a failing conversion is a failure, not a skip.
     """
     from curation.models.local_models import resolve_model_dir
-    from curation.tokenizers import INSTALL_HINT, SMOLLM2_PACKAGE
+    from curation.models.tokenizers import INSTALL_HINT, SMOLLM2_PACKAGE
 
     if importlib.util.find_spec(SMOLLM2_PACKAGE) is None:
         pytest.skip(f"SmolLM2 is not installed ({INSTALL_HINT})")

@@ -26,7 +26,7 @@ from pathlib import Path
 from types import ModuleType
 
 from curation.errors import ConfigError, CurationError
-from curation.tokenizers import INSTALL_HINT, smollm2_gguf_path
+from curation.models.tokenizers import INSTALL_HINT, smollm2_gguf_path
 
 SMOLLM2_ALIASES = frozenset({"smollm2", "smollm2-135m-instruct", "HuggingFaceTB/SmolLM2-135M-Instruct"})
 SMOLLM2_DIR = "SmolLM2-135M-Instruct"

@@ -117,7 +117,7 @@ def _host(url: str) -> str:
 
 def _check_tokenizer(cfg: BackendConfig) -> None:
     from curation.models.local_models import is_smollm2
-    from curation.tokenizers import smollm2_gguf_path
+    from curation.models.tokenizers import smollm2_gguf_path
 
     if cfg.tokenizer is None:
         return
@@ -581,7 +581,7 @@ class OpenAIBackend(ModelBackend):
         from curation.models.local_models import is_smollm2
 
         if is_smollm2(tok_name):
-            from curation.tokenizers import smollm2_tokenizer
+            from curation.models.tokenizers import smollm2_tokenizer
 
             self._tokenizer = smollm2_tokenizer()
         else:

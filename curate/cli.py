@@ -1,0 +1,642 @@
+"""`curate`: the command line.
+
+Every command has --help. Errors a user can act on print one clear message (no
+traceback) and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from curation.errors import CurationError
+
+app = typer.Typer(
+    help="Curate raw preference comparisons into clean, versioned, DPO-ready datasets.\n\n"
+    "Start with `curate run recipes/hh-rlhf-sample.yaml`, then `curate datasets list`, "
+    '`curate sql "SELECT ... FROM pairs"` and `curate export NAME --format trl --out DIR`.',
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+datasets_app = typer.Typer(help="List, inspect and compare published datasets and their versions.", no_args_is_help=True)
+app.add_typer(datasets_app, name="datasets")
+route_app = typer.Typer(
+    help="Hybrid human-AI labeling: export the pairs the route step sent to people as annotation tasks, "
+    "and import completed labels back (merged as a new dataset version).",
+    no_args_is_help=True,
+)
+app.add_typer(route_app, name="route")
+
+# Pipes and CI logs get a wide console, so tables and the accounting line are not cut.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+DataRoot = typer.Option(None, "--data-root", envvar="CURATE_DATA_ROOT", help="Data root (default: ./data, or the recipe's data_root).")
+
+
+def _root(data_root: str | None) -> str:
+    return data_root or "data"
+
+
+def friendly(fn: Callable) -> Callable:
+    """Turn CurationError (and a missing-file OSError) into one line on stderr, exit 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except CurationError as err:
+            err_console.print(f"[bold red]error:[/] {err}", highlight=False, markup=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted; nothing was published by the interrupted stage")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def parse_ref(ref: str) -> tuple[str, int | None]:
+    """'name' or 'name@3' -> (name, version)."""
+    name, _, version = ref.partition("@")
+    if not version:
+        return name, None
+    try:
+        return name, int(version.lstrip("v"))
+    except ValueError:
+        raise CurationError(f"invalid dataset reference {ref!r}: use NAME or NAME@VERSION (e.g. hh-harmless@2)") from None
+
+
+class RichProgress:
+    """A progress bar per stage (rows and rows/s)."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self._bar = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description:<18}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=False,
+        )
+        self._task = None
+
+    def start(self, description: str, total: int | None = None) -> None:
+        import time
+
+        self._bar.start()
+        self._t0 = time.perf_counter()
+        self._task = self._bar.add_task(description, total=total, rate="")
+
+    def advance(self, n: int = 1) -> None:
+        import time
+
+        task = self._bar.tasks[-1]
+        done = task.completed + n
+        if done % 1000 < n or (task.total and done >= task.total):
+            rate = done / max(time.perf_counter() - self._t0, 1e-9)
+            self._bar.update(self._task, completed=done, rate=f"{rate:,.0f} rows/s")
+        else:
+            self._bar.update(self._task, completed=done)
+
+    def finish(self) -> None:
+        task = self._bar.tasks[-1]
+        self._bar.update(self._task, total=task.completed, completed=task.completed)
+        self._bar.stop()
+
+
+def print_funnel(result: dict) -> None:
+    from curation.report.html import funnel_steps, reason_rows
+
+    f = result["funnel"]
+    table = Table(title=f"Funnel: {result['dataset']} v{result['version']}", show_header=True)
+    table.add_column("step")
+    table.add_column("count", justify="right")
+    for label, n in funnel_steps(f):
+        table.add_row(label, f"{'-' if n < 0 else ''}{abs(n):,}")
+    console.print(table)
+    reasons = reason_rows(f)
+    if reasons:
+        t = Table(title="Removed, by reason", show_header=True)
+        for col in ("outcome", "stage", "reason"):
+            t.add_column(col)
+        t.add_column("count", justify="right")
+        for o, s, r, n in reasons:
+            t.add_row(o, s, r, f"{n:,}")
+        console.print(t)
+    if "generated" in f:
+        from curation.report.html import GENERATION_HEADER, generation_rows
+
+        g = f["generated"]
+        t = Table(
+            title=f"Generation: {g['prompts']} prompts x {g['params']['n']} candidates ({g['backend'].get('model')})", show_header=True
+        )
+        for col in GENERATION_HEADER:
+            t.add_column(col, justify="left" if col == "strategy" else "right")
+        for row in generation_rows(g):
+            t.add_row(*["" if v is None else f"{v:,}" if isinstance(v, int) else str(v) for v in row])
+        console.print(t)
+    if "labels" in f:
+        print_labels(f["labels"])
+    if "filter" in f:
+        from curation.report.filters import STEP_HEADER, step_rows
+
+        fc = f["filter"]
+        console.print(_text_table("Filters (in order)", STEP_HEADER, step_rows(fc)))
+        console.print(
+            f"Filter accounting: {fc['pairs_in']:,} pairs in = {fc['filtered']:,} filtered + {fc['pairs_out']:,} published"
+            f" ({fc['flipped']:,} flipped, {fc['routed']:,} routed to people)"
+        )
+    ok = (
+        f["rows_in"] == f["rows_quarantined"] + f["rows_filtered"] + f["rows_with_pairs"]
+        and f["pairs_out"] == f["pairs_quarantined"] + f["pairs_filtered"] + f["kept"]
+    )
+    console.print(
+        f"Row accounting: {f['rows_in']:,} rows in = {f['rows_quarantined']:,} quarantined + {f['rows_filtered']:,} filtered"
+        f" + {f['rows_with_pairs']:,} with pairs; {f['pairs_out']:,} pairs = {f['pairs_quarantined']:,} quarantined"
+        f" + {f['pairs_filtered']:,} filtered + {f['kept']:,} kept [{'green' if ok else 'red'}]{'OK' if ok else 'MISMATCH'}[/]"
+    )
+
+
+def print_labels(labels: dict) -> None:
+    from curation.report.html import AGREEMENT_HEADER, LABELER_HEADER, agreement_rows, labeler_rows
+
+    console.print(_text_table("Labels", LABELER_HEADER, labeler_rows(labels)))
+    if labels.get("agreement"):
+        console.print(_text_table("Agreement with human labels (ties and invalid apart)", AGREEMENT_HEADER, agreement_rows(labels)))
+
+
+def _text_table(title: str, header: list[str], rows: list[list]) -> Table:
+    """A rich table of the report's (header, rows): the CLI prints what the HTML report shows."""
+    table = Table(title=title, show_header=True)
+    for col in header:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*[str(v) for v in row])
+    return table
+
+
+@app.command()
+@friendly
+def run(
+    recipe: Path = typer.Argument(..., help="Recipe YAML (sources, adapters, validation, dataset name)."),
+    data_root: str | None = DataRoot,
+    local: bool = typer.Option(False, "--local", help="Run the stages in this process without Prefect."),
+    force: bool = typer.Option(False, "--force", help="Publish a new version even if config and inputs are unchanged."),
+    keep_staging: bool = typer.Option(False, "--keep-staging", help="Keep the run folder's staged Parquet files."),
+) -> None:
+    """Run a recipe: ingest -> validate -> dedup (-> generate -> label -> filter) -> publish a new dataset version.
+
+    Prints the funnel and where the dataset and its report are. Runs as a Prefect flow (no
+    server needed; with PREFECT_API_URL set, the run shows in that server's UI) on the task
+    runner the recipe's orchestration section names, unless --local. Stages whose inputs and
+    settings did not change since an earlier flow run are reused from the stage cache.
+    """
+    from dataclasses import asdict
+
+    from curation.config import load_config
+
+    cfg = load_config(recipe, data_root=data_root)  # fail on a bad recipe before anything starts
+    progress = RichProgress() if sys.stderr.isatty() or os.environ.get("CURATE_PROGRESS") == "1" else None
+    if local:
+        from curation.run.runner import curate
+
+        result = asdict(curate(cfg, progress=progress, force=force, keep_staging=keep_staging))
+    else:
+        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        from flows.curate import run_recipe, set_progress
+
+        _one_line_curation_errors()
+        set_progress(progress)
+        result = run_recipe(str(recipe), data_root=cfg.data_root, force=force, keep_staging=keep_staging)
+        if result.get("cached"):
+            err_console.print(f"reused from the stage cache: {', '.join(result['cached'])}")
+    _print_run_result(result, cfg.data_root)
+
+
+class _NoCurationTraceback(logging.Filter):
+    """On the console, a CurationError that Prefect logs for a failed task or flow keeps its
+    message and loses its traceback: the message says what to fix, and `friendly` prints it
+    again as the command's error. The run's logs in the Prefect UI keep the traceback (the API
+    handler sits on the run loggers and sees the record first)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], CurationError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _one_line_curation_errors() -> None:
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _NoCurationTraceback) for f in handler.filters):
+            handler.addFilter(_NoCurationTraceback())
+
+
+CronOption = typer.Option(
+    None, "--cron", help='Cron schedule, e.g. "0 3 * * *" (03:00 daily); repeat for several. None: runs only when triggered.'
+)
+TimezoneOption = typer.Option("UTC", "--timezone", help="IANA timezone of the cron schedules (e.g. Europe/Paris).")
+
+
+@app.command()
+@friendly
+def serve(
+    recipes: list[Path] = typer.Argument(..., help="Recipe YAML file(s); one deployment each, named after its dataset."),
+    cron: list[str] | None = CronOption,
+    timezone: str = TimezoneOption,
+    name: str | None = typer.Option(None, "--name", help="Deployment name (one recipe only; default: the dataset name)."),
+    limit: int | None = typer.Option(None, "--limit", help="At most this many runs at once in this process."),
+    data_root: str | None = DataRoot,
+) -> None:
+    """Serve the recipes as scheduled Prefect deployments from this one long-running process.
+
+    Registers a deployment of the flow `curate-recipe` per recipe with the Prefect server at
+    PREFECT_API_URL (start one with `prefect server start`), then runs their scheduled runs
+    and the ones you trigger, each in a subprocess, until Ctrl-C (which pauses the schedules).
+    Trigger a run with `prefect deployment run 'curate-recipe/NAME'`. For runs started by
+    workers of a work pool instead, see `curate deploy` and prefect.yaml.
+
+      curate serve recipes/hh-rlhf-sample.yaml --cron "0 3 * * *"
+    """
+    from flows.deployments import require_server, serve_recipes
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    url = require_server("curate serve")
+    err_console.print(f"serving {len(recipes)} deployment(s) of curate-recipe on {url} (Ctrl-C stops)")
+    serve_recipes(recipes, cron=cron or [], timezone=timezone, name=name, data_root=data_root, limit=limit)
+
+
+@app.command()
+@friendly
+def deploy(
+    recipe: Path = typer.Argument(..., help="Recipe YAML file to deploy."),
+    pool: str = typer.Option(..., "--pool", help="Work pool whose workers run it (e.g. a process pool)."),
+    cron: list[str] | None = CronOption,
+    timezone: str = TimezoneOption,
+    name: str | None = typer.Option(None, "--name", help="Deployment name (default: the dataset name)."),
+    data_root: str | None = DataRoot,
+) -> None:
+    """Register the recipe as a Prefect deployment on a work pool, with this checkout as its code.
+
+    Needs a Prefect server (PREFECT_API_URL) and a work pool; on one machine a process pool:
+
+      prefect work-pool create curation --type process
+      curate deploy recipes/hh-rlhf-sample.yaml --pool curation --cron "0 3 * * *"
+      prefect worker start --pool curation
+
+    The repository's prefect.yaml declares the standard deployments for `prefect deploy --all`.
+    """
+    from flows.deployments import deploy_recipe
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    full_name, deployment_id = deploy_recipe(recipe, pool=pool, cron=cron or [], timezone=timezone, name=name, data_root=data_root)
+    console.print(f"Deployed [bold]{full_name}[/] ({deployment_id}) on work pool {pool!r}")
+    console.print(f"Run it now: prefect deployment run '{full_name}'\nWorkers:    prefect worker start --pool {pool}")
+
+
+def _store_location(data_root: str, name: str) -> str:
+    from curation.store.catalog import DatasetStore
+
+    return DatasetStore(data_root).location(name)
+
+
+def _print_run_result(result: dict, data_root: str) -> None:
+    name, version = result["dataset"], result["version"]
+    if result["unchanged"]:
+        console.print(f"[bold]{name} v{version}[/] was built from this config and these inputs: nothing to do (use --force to republish).")
+    else:
+        print_funnel(result)
+    console.print(f"Dataset: [bold]{name}@{version}[/] in {_store_location(data_root, name)}")
+    console.print(f"Report:  {(Path(result['report_dir']) / 'report.html').resolve()}")
+    console.print(
+        f"Next:    curate sql 'SELECT label_source, count(*) FROM \"{name}\".pairs GROUP BY 1'\n"
+        f"         curate export {name} --format trl --out exports/{name}"
+    )
+    if result.get("funnel", {}).get("filter", {}).get("routed"):
+        console.print(f"         curate route export {name} --out queue/{name}   # the pairs routed to people, as annotation tasks")
+
+
+@app.command()
+@friendly
+def check(recipe: Path = typer.Argument(..., help="Recipe YAML to check."), data_root: str | None = DataRoot) -> None:
+    """Check a recipe without running it: config, adapters, backends, labelers and that every input can be opened."""
+    from curation.config import load_config
+    from curation.run.inputs import input_fingerprints
+    from curation.run.runner import check_stages
+
+    cfg = load_config(recipe, data_root=data_root)
+    check_stages(cfg)  # backends, models, servers, labeler configs: no weights are loaded
+    fps = input_fingerprints(cfg)
+    console.print(f"Recipe OK: dataset [bold]{cfg.publish.dataset}[/], config hash {cfg.config_hash()}")
+    for fp in fps:
+        console.print(f"  {fp['source']}: {fp.get('path') or fp.get('id')} ({fp.get('bytes', '?')} bytes)")
+
+
+@app.command()
+@friendly
+def sql(
+    query: str = typer.Argument(..., help='SQL over published datasets, e.g. "SELECT count(*) FROM pairs".'),
+    dataset: str | None = typer.Option(
+        None, "--dataset", "-d", help="Dataset behind bare `pairs`, `decisions`, `quarantine` (NAME or NAME@VERSION)."
+    ),
+    version: int | None = typer.Option(None, "--version", "-v", help="Version of that dataset (default: latest)."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table | csv | json | jsonl"),
+    max_rows: int = typer.Option(40, "--max-rows", help="Rows to show in table format."),
+    data_root: str | None = DataRoot,
+) -> None:
+    """Query published datasets with DuckDB SQL.
+
+    Bare `pairs`, `decisions`, `quarantine` and `versions` are the default dataset (the only
+    one, the most recent, or --dataset). Every dataset is also `NAME.pairs`, and a past
+    version is `"NAME@2".pairs`. Example: why was a row dropped?
+
+      curate sql "SELECT stage, reason, count(*) FROM decisions WHERE decision <> 'kept' GROUP BY ALL"
+    """
+    import polars as pl
+
+    from curation.store.query import sql as run_sql
+
+    if dataset and "@" in dataset:
+        dataset, version = parse_ref(dataset)
+    df = run_sql(query, _root(data_root), dataset=dataset, version=version)
+    if fmt == "table":
+        with pl.Config(tbl_rows=max_rows, fmt_str_lengths=60, tbl_width_chars=200):
+            console.print(str(df), highlight=False, markup=False)
+    elif fmt == "csv":
+        nested = [c for c, t in df.schema.items() if t.is_nested()]
+        if nested:
+            raise CurationError(f"csv cannot hold nested columns ({', '.join(nested)}); use --format json or select scalar columns")
+        sys.stdout.write(df.write_csv())
+    elif fmt == "json":
+        sys.stdout.write(json.dumps(df.to_dicts(), ensure_ascii=False, default=str, indent=1) + "\n")
+    elif fmt == "jsonl":
+        for row in df.iter_rows(named=True):
+            sys.stdout.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+    else:
+        raise CurationError(f"unknown --format {fmt!r}: use table, csv, json or jsonl")
+
+
+@datasets_app.command("list")
+@friendly
+def datasets_list(data_root: str | None = DataRoot) -> None:
+    """List datasets with their latest version and row counts."""
+    from curation.store.catalog import DatasetStore
+
+    store = DatasetStore(_root(data_root))
+    names = store.datasets()
+    if not names:
+        console.print(f"No datasets in {store.root} yet. Publish one with: curate run RECIPE.yaml")
+        return
+    table = Table(show_header=True)
+    for col in ("dataset", "versions", "latest", "created (UTC)", "pairs", "quarantine", "decisions", "config"):
+        table.add_column(col)
+    for name in names:
+        versions = store.versions(name)
+        v = versions[-1]
+        table.add_row(
+            name,
+            str(len(versions)),
+            f"v{v.version}",
+            v.created_at[:19],
+            *(f"{v.tables.get(t, 0):,}" for t in ("pairs", "quarantine", "decisions")),
+            v.config_hash,
+        )
+    console.print(table)
+
+
+@datasets_app.command("show")
+@friendly
+def datasets_show(
+    ref: str = typer.Argument(..., help="NAME or NAME@VERSION"),
+    versions: bool = typer.Option(False, "--versions", help="List every version instead of one."),
+    show_config: bool = typer.Option(False, "--config", help="Print the full recipe of that version."),
+    data_root: str | None = DataRoot,
+) -> None:
+    """Show a version: lineage, config hash, code version, inputs, counts, schema."""
+    import yaml
+
+    from curation.store.catalog import DatasetStore
+
+    store = DatasetStore(_root(data_root))
+    name, version = parse_ref(ref)
+    if versions:
+        table = Table(show_header=True)
+        for col in ("version", "created (UTC)", "parents", "pairs", "config", "code", "run"):
+            table.add_column(col)
+        for v in store.versions(name):
+            table.add_row(
+                f"v{v.version}",
+                v.created_at[:19],
+                ", ".join(v.parents),
+                f"{v.tables.get('pairs', 0):,}",
+                v.config_hash,
+                v.code_version,
+                v.run_id or "",
+            )
+        console.print(table)
+        return
+    v = store.version(name, version)
+    console.print(f"[bold]{v.dataset}@{v.version}[/]  created {v.created_at}  snapshot {v.snapshot_id}")
+    console.print(f"parents: {', '.join(v.parents) or 'none'}")
+    console.print(f"config hash: {v.config_hash}   code: {v.code_version}   run: {v.run_id}")
+    console.print("inputs:")
+    for i in v.inputs:
+        console.print(
+            f"  {i.get('source')}: {i.get('path') or i.get('id')}  {i.get('bytes', '')} bytes  sha256 {str(i.get('sha256') or i.get('fingerprint'))[:16]}"
+        )
+    console.print("tables: " + ", ".join(f"{t} {n:,} rows" for t, n in v.tables.items()))
+    f = v.counts
+    if "rows_in" in f:
+        console.print(
+            f"funnel: {f['rows_in']:,} rows in -> {f['pairs_out']:,} pairs -> {f['kept']:,} kept "
+            f"({f['rows_quarantined'] + f['pairs_quarantined']:,} quarantined, {f['rows_filtered'] + f['pairs_filtered']:,} filtered)"
+        )
+    report = Path(_root(data_root)) / "datasets" / name / "reports" / f"v{v.version}" / "report.html"
+    if report.exists():
+        console.print(f"report: {report.resolve()}")
+    if show_config:
+        console.print(yaml.safe_dump(v.config, sort_keys=False), highlight=False, markup=False)
+
+
+@datasets_app.command("diff")
+@friendly
+def datasets_diff(
+    name: str = typer.Argument(..., help="Dataset name."),
+    a: int = typer.Argument(..., help="Older version."),
+    b: int = typer.Argument(..., help="Newer version."),
+    data_root: str | None = DataRoot,
+) -> None:
+    """Compare two versions: row counts per table, pairs added/removed, config changes."""
+    from curation.store.catalog import DatasetStore
+
+    d = DatasetStore(_root(data_root)).diff(name, a, b)
+    console.print_json(json.dumps(d, default=str))
+
+
+@app.command()
+@friendly
+def export(
+    ref: str = typer.Argument(..., help="NAME or NAME@VERSION to export."),
+    fmt: str = typer.Option("trl", "--format", help="Export format (trl: TRL DPO preference format)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
+    style: str = typer.Option("conversational", "--style", help="conversational (lists of messages) | standard (strings)."),
+    files: str = typer.Option("parquet,jsonl,hf", "--files", help="Comma-separated: parquet, jsonl, hf (datasets.DatasetDict)."),
+    test_size: float = typer.Option(0.1, "--test-size", help="Fraction of pairs in the test split."),
+    seed: int = typer.Option(0, "--seed", help="Split seed (same seed, same split)."),
+    tokenizer: str | None = typer.Option(
+        None, "--tokenizer", help="Chat-template tokenizer for --style standard: 'smollm2' or a local HF folder."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output folder."),
+    data_root: str | None = DataRoot,
+) -> None:
+    """Export a dataset version as DPO-ready files (TRL format, seeded train/test split)."""
+    from curation.export.trl import export_trl
+    from curation.store.catalog import DatasetStore
+
+    if fmt != "trl":
+        raise CurationError(f"unknown export format {fmt!r}; supported: trl")
+    name, version = parse_ref(ref)
+    store = DatasetStore(_root(data_root))
+    info = store.version(name, version)
+    tok = None
+    if tokenizer == "smollm2":
+        from curation.models.tokenizers import smollm2_tokenizer
+
+        tok = smollm2_tokenizer()
+    elif tokenizer:
+        from transformers import AutoTokenizer
+
+        if not Path(tokenizer).is_dir():
+            raise CurationError(f"tokenizer folder not found: {tokenizer} (use 'smollm2' or a local HF model folder)")
+        tok = AutoTokenizer.from_pretrained(tokenizer)
+    result = export_trl(
+        store.scan(name, "pairs", version=info.version),
+        out,
+        style=style,
+        formats=[f.strip() for f in files.split(",") if f.strip()],
+        test_size=test_size,
+        seed=seed,
+        chat_template_tokenizer=tok,
+        overwrite=overwrite,
+        info={"dataset": name, "version": info.version, "config_hash": info.config_hash},
+    )
+    console.print(f"Exported {name}@{info.version} ({style}): " + ", ".join(f"{k} {v:,}" for k, v in result.counts.items()))
+    if result.skipped_unlabeled:
+        console.print(f"Skipped {result.skipped_unlabeled:,} unlabeled (generated) pairs: label them before training on them.")
+    for f in result.files:
+        console.print(f"  {f}")
+
+
+@route_app.command("export")
+@friendly
+def route_export(
+    ref: str = typer.Argument(..., help="NAME or NAME@VERSION whose routed pairs to export."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder for the task files."),
+    formats: str = typer.Option(
+        "label_studio,argilla,parquet,csv", "--format", help="Comma-separated: label_studio, argilla, parquet, csv."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seeds which response each task shows as A (position bias)."),
+    data_root: str | None = DataRoot,
+) -> None:
+    """Write the routed pairs as annotation tasks (Label Studio, Argilla, Parquet/CSV queue).
+
+    Which response is shown as A is drawn per pair; the tasks record it, so the completed file
+    maps back to the pair. Then: curate route import NAME COMPLETED_FILE.
+    """
+    from curation.human.tasks import FORMATS, export_queue
+    from curation.store.catalog import DatasetStore
+
+    name, version = parse_ref(ref)
+    store = DatasetStore(_root(data_root))
+    info = store.version(name, version)
+    if "routing" not in info.tables:
+        raise CurationError(f"{info.ref} has no routing table: its recipe has no route step in its filter section")
+    routed = store.read(name, "routing", version=info.version, columns=["pair_id", "routed"])
+    ids = [pid for pid, r in zip(routed["pair_id"].to_pylist(), routed["routed"].to_pylist()) if r]
+    wanted = [f.strip() for f in formats.split(",") if f.strip()]
+    unknown = sorted(set(wanted) - set(FORMATS))
+    if unknown:
+        raise CurationError(f"unknown --format {', '.join(unknown)}; known: {', '.join(FORMATS)}")
+    import polars as pl
+
+    pairs = pl.from_arrow(
+        store.read(name, "pairs", version=info.version, columns=["pair_id", "prompt", "chosen", "rejected", "source_dataset"])
+    )
+    queue = pairs.filter(pl.col("pair_id").is_in(ids))
+    written = export_queue(queue, out, wanted, seed)
+    console.print(f"{queue.height:,} routed pairs of {info.ref} ({len(ids) - queue.height:,} no longer in the pairs table):")
+    for kind, path in written.items():
+        console.print(f"  {kind}: {path}")
+    console.print(f"Then: curate route import {name} COMPLETED_FILE")
+
+
+@route_app.command("import")
+@friendly
+def route_import(
+    name: str = typer.Argument(..., help="Dataset the labels belong to."),
+    files: list[Path] = typer.Argument(..., help="Completed labels: Label Studio JSON export, Argilla records, or CSV/Parquet/JSONL."),
+    data_root: str | None = DataRoot,
+) -> None:
+    """Merge completed human labels into a new version (no model reruns).
+
+    Each pair takes its annotators' majority: agree -> label_source human; prefer the other
+    response -> chosen and rejected swapped (new pair id); tie -> dropped. The files are kept in
+    the dataset's inbox, so later runs of the recipe merge them too. Importing the same file
+    again changes nothing.
+    """
+    from curation.run.human_import import import_labels
+
+    result = import_labels(_root(data_root), name, [str(f) for f in files])
+    if result["unchanged"]:
+        console.print(f"{name}@{result['version']} already has these labels: nothing to do.")
+        return
+    console.print(
+        f"{name}@{result['version']}: {result['answers']:,} answers on {result['pairs_labelled']:,} pairs -> "
+        f"{result['kept']:,} confirmed, {result['flipped']:,} flipped, {result['filtered']:,} dropped as ties"
+        f" ({result['already_applied']:,} already applied, {result['unknown_pairs']:,} unknown pairs)"
+    )
+
+
+@app.command()
+@friendly
+def report(
+    ref: str = typer.Argument(..., help="NAME or NAME@VERSION (latest version by default)"),
+    data_root: str | None = DataRoot,
+    no_open: bool = typer.Option(False, "--no-open", help="Only print the report's path; do not open a browser."),
+    rebuild: bool = typer.Option(False, "--rebuild", help="Write the report again from the version's summary first."),
+) -> None:
+    """Open a version's self-contained HTML report (funnel, timings, histograms, agreement).
+
+    Prints the report's path on the first line; opens it in a browser when this terminal has
+    one (a desktop session or $BROWSER), never on a server or in a pipe.
+    """
+    from curation.report.open import find_report, open_in_browser
+
+    name, version = parse_ref(ref)
+    path = find_report(_root(data_root), name, version, rebuild=rebuild).resolve()
+    print(path)
+    if not no_open and open_in_browser(path):
+        err_console.print("opened in your browser")
+
+
+def main() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""A persistent, content-addressed cache of finished labels, so an interrupted label stage resumes.
+
+Key: the labeler's *content* key and the pair's content id (``pair_id`` hashes the prompt and
+both responses, which is all a per-pair labeler reads: none looks at ``label_source`` or the
+source's name). The content key hashes the labeler's kind and the config fields that change
+what it answers (sampling settings, seeds, aspects, follow-ups ...), with each backend section
+reduced to the model's identity (as the generation request cache does: the same model served
+by vLLM, transformers or an OpenAI-compatible server is one entry) and with prompt files
+replaced by their contents. The labeler's name, its ``limit`` and the stage's chunking are
+not part of it: they choose pairs, not labels. Changing any other parameter misses.
+
+Layout: ``WORK_ROOT/cache/labels/<content key>/<uuid>.parquet``, one file per finished chunk,
+in the ``labels`` contract schema. A file is written under a temporary name and renamed
+(``os.replace``), so a crash, kill -9 or Ctrl-C leaves whole files or none, and a rerun
+labels only the pairs no file holds.
+
+What is not cached: labelers that see every pair at once (an ensemble trained on the data:
+a pair's label depends on the others), and rows recording a transient scoring failure
+(``scoring failed: ...``), which a rerun tries again. A reused row is re-stamped with the
+current labeler's name and full config, so it reads exactly as a freshly computed one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pydantic import BaseModel
+
+from curation.models.config import BackendConfig
+from curation.stages.label.base import Labeler
+from schemas import arrow_schema
+
+CACHE_VERSION = 1  # bump when a change in the code changes what labelers answer
+SELECTION_FIELDS = frozenset({"name", "limit"})  # which pairs, not which labels
+PROMPT_TEXTS = ("template", "system")  # resolved prompt texts a labeler keeps (the judges)
+TRANSIENT = "scoring failed:"  # see curation.stages.label.base.scoring_failure
+STALE_TMP_S = 3600.0
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _content(value: Any) -> Any:
+    """A config value as it bears on the labels: backends by model identity, files by content."""
+    if isinstance(value, BackendConfig):
+        return value.identity()
+    if isinstance(value, BaseModel):
+        return {k: _content(getattr(value, k)) for k in type(value).model_fields}
+    if isinstance(value, dict):
+        return {str(k): _content(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_content(v) for v in value]
+    if isinstance(value, str) and "\n" not in value and len(value) < 4096:
+        try:
+            path = Path(value).expanduser()
+            if path.is_file():
+                return {"file_sha256": _file_digest(path)}
+        except OSError:  # not a usable path: it is text
+            pass
+    return value
+
+
+def labeler_key(labeler: Labeler) -> str | None:
+    """The labeler's content key, or None when its labels cannot be cached per pair."""
+    if not labeler.streaming:
+        return None
+    cfg = labeler.cfg
+    fields = {k: _content(getattr(cfg, k)) for k in type(cfg).model_fields if k not in SELECTION_FIELDS}
+    texts = {k: hashlib.sha256(v.encode()).hexdigest() for k in PROMPT_TEXTS if isinstance(v := getattr(labeler, k, None), str)}
+    blob = json.dumps(
+        {"v": CACHE_VERSION, "kind": labeler.kind, "config": fields, "prompts": texts}, sort_keys=True, separators=(",", ":"), default=str
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def cache_root(work_root: str | Path) -> Path:
+    return Path(work_root) / "cache" / "labels"
+
+
+class LabelCache:
+    """Finished labels of one labeler (one content key): look up by pair id, add by chunk.
+
+    ``reused`` and ``stored`` count pairs served from and written to the cache by this object.
+    """
+
+    def __init__(self, root: str | Path, labeler: Labeler, key: str):
+        self.dir = Path(root) / key
+        self.labeler = labeler
+        self.reused = 0
+        self.stored = 0
+        self._index: dict[str, Path] | None = None
+
+    # -- reading ---------------------------------------------------------------------------
+    def _load_index(self) -> dict[str, Path]:
+        """pair id -> the file holding its rows (the first file, by name, when two runs wrote one)."""
+        index: dict[str, Path] = {}
+        if not self.dir.is_dir():
+            return index
+        for path in sorted(self.dir.glob("*.parquet")):
+            for pid in pq.read_table(path, columns=["pair_id"]).column("pair_id").to_pylist():
+                index.setdefault(pid, path)
+        return index
+
+    @property
+    def index(self) -> dict[str, Path]:
+        if self._index is None:
+            self._clean_stale_tmp()
+            self._index = self._load_index()
+        return self._index
+
+    def __contains__(self, pair_id: str) -> bool:
+        return pair_id in self.index
+
+    def get(self, pair_ids: Iterable[str]) -> pa.Table:
+        """The cached rows of these pairs (those the cache holds), re-stamped for this labeler."""
+        by_file: dict[Path, list[str]] = defaultdict(list)
+        for pid in dict.fromkeys(pair_ids):
+            if (path := self.index.get(pid)) is not None:
+                by_file[path].append(pid)
+        if not by_file:
+            return self.labeler.table([])
+        parts = []
+        for path, ids in by_file.items():
+            table = pq.read_table(path, schema=arrow_schema("labels"))
+            parts.append(table.filter(pc.is_in(table["pair_id"], pa.array(ids, pa.string()))))
+        self.reused += sum(len(ids) for ids in by_file.values())
+        return self._restamp(pa.concat_tables(parts))
+
+    def _restamp(self, rows: pa.Table) -> pa.Table:
+        """Name and provenance of the current labeler: a renamed labeler or a moved backend
+        reuses the labels, and the rows say what the run's recipe says."""
+        config_json, hashed, models = self.labeler._provenance
+        name = self.labeler.name
+        out = []
+        for row in rows.to_pylist():
+            old_group = row["labeler_group"]
+            suffix = row["labeler"][len(old_group) :] if row["labeler"].startswith(old_group) else ""
+            row.update(labeler=name + suffix, labeler_group=name, config=config_json, config_hash=hashed, models=models)
+            out.append(row)
+        return self.labeler.table(out)
+
+    # -- writing ---------------------------------------------------------------------------
+    def put(self, rows: pa.Table) -> int:
+        """Persist a finished chunk's rows atomically; rows of pairs with a transient failure
+        are left out (a rerun tries them again). Returns the number of pairs stored."""
+        if not rows.num_rows:
+            return 0
+        errors = rows["error"].to_pylist()
+        failed = {pid for pid, err in zip(rows["pair_id"].to_pylist(), errors) if err and err.startswith(TRANSIENT)}
+        if failed:
+            rows = rows.filter(pc.invert(pc.is_in(rows["pair_id"], pa.array(sorted(failed), pa.string()))))
+        if not rows.num_rows:
+            return 0
+        self.dir.mkdir(parents=True, exist_ok=True)
+        name = uuid.uuid4().hex
+        tmp, final = self.dir / f".{name}.tmp", self.dir / f"{name}.parquet"
+        try:
+            with tmp.open("wb") as fh:
+                pq.write_table(rows.cast(arrow_schema("labels")), fh, compression="zstd")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        ids = set(rows["pair_id"].to_pylist())
+        for pid in ids:
+            self.index.setdefault(pid, final)
+        self.stored += len(ids)
+        return len(ids)
+
+    def _clean_stale_tmp(self) -> None:
+        """Temporary files of writers killed mid-write (old enough that no writer is still on them)."""
+        if not self.dir.is_dir():
+            return
+        cutoff = time.time() - STALE_TMP_S
+        for tmp in self.dir.glob(".*.tmp"):
+            try:
+                if tmp.stat().st_mtime < cutoff:
+                    tmp.unlink()
+            except OSError:
+                pass

@@ -1,0 +1,458 @@
+"""LLM judges: a pairwise judge (MT-Bench style) and a rubric judge (UltraFeedback style).
+
+Both talk to a model only through ``ModelBackend.chat_json``, so the same judge runs on the
+CPU model, a vLLM engine or any OpenAI-compatible server; the backend adds structured output
+(a JSON schema, constrained decoding or a JSON instruction) where it can.
+
+Why both orders (pairwise): LLM judges have a position bias; a noticeable share of verdicts
+flip when the two answers swap places. Each pair is judged twice, chosen-first (A/B) and
+rejected-first (B/A, the answer mapped back to slots). A verdict counts only when both orders
+agree; disagreeing orders are a tie marked ``consistent=False`` with both answers in ``raw``,
+so a judge that always says "A" produces ties, not labels, and the agreement report can
+measure the position-consistency rate from the ``consistent`` column.
+
+Why strict parsing: UltraFeedback's parser turned unparsable ratings into a default score and a
+comparison bug once turned ratings of 1 into 10 for ~2k examples. Here a reply is accepted only
+when it is a JSON object matching the schema (ratings integers in 1..5, every aspect present,
+verdict A/B/tie) or, as a tolerant fallback over the reply text, such an object embedded in
+prose or code fences, or one unambiguous MT-Bench verdict "[[A]]" / "[[B]]" / "[[C]]". Anything
+else is malformed: it is asked again (``max_retries`` times, seed + attempt, sampling at
+``retry_temperature`` at least, since a greedy re-ask would repeat itself) and then recorded as
+verdict "invalid" with the error, never as a guessed or clipped score. Every attempt's text is
+kept in ``raw``.
+
+Small local models rarely write valid JSON (SmolLM2-135M: none in 32 attempts on real pairs).
+For them ``verdict_by: logprobs`` asks for a single letter and reads the verdict off the
+log-probs of the two possible answers "A" and "B" (teacher forcing, no sampling, nothing to
+parse): P(A) = softmax over the two. Both orders are still asked and combined the same way;
+the scores become the probability mass each slot got over the two orders, so the margin says
+how sure the judge was.
+
+Prompts are plain-text template files a user can replace (``template``, ``system_prompt``).
+Placeholders are substituted in one pass of the known names only, so braces in the data (code,
+JSON) and placeholder-like text inside a response are left alone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from curation.errors import ConfigError
+from curation.models import check_backend
+from curation.models.base import BackendError, Conversation, ModelBackend, SamplingParams, StructuredReply, schema_problem
+from curation.records import render_conversation
+from curation.stages.label.base import Labeler, PairView, pair_views, verdict_from_margin
+from curation.stages.label.config import JudgePairwiseConfig, JudgeRubricConfig, looks_like_file
+
+TEMPLATES_DIR = Path(__file__).parent / "templates"
+PAIRWISE_PLACEHOLDERS = ("prompt", "response_a", "response_b")
+RUBRIC_PLACEHOLDERS = ("prompt", "response", "aspects")
+
+PAIRWISE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    # reasoning first: constrained decoders emit keys in this order, so the model argues before it decides
+    "properties": {"reasoning": {"type": "string"}, "verdict": {"type": "string", "enum": ["A", "B", "tie"]}},
+    "required": ["reasoning", "verdict"],
+    "additionalProperties": False,
+}
+
+ASPECT_DEFINITIONS = {
+    "instruction_following": "does the response do what the user asked, respecting the task's intent and restrictions?",
+    "honesty": "does the response convey appropriate confidence, admit uncertainty or ignorance, and avoid deceiving the user?",
+    "truthfulness": "is the response free of fabricated facts and of contradictions with the conversation or with itself?",
+    "helpfulness": "is the response correct, informative, relevant and useful for the user's need, without needless repetition?",
+}
+
+# Slot points of one order's verdict: the two orders together give scores in [0, 2].
+POINTS = {"A": (1.0, 0.0), "B": (0.0, 1.0), "tie": (0.5, 0.5)}
+SWAP = {"A": "B", "B": "A", "tie": "tie"}
+MT_BENCH_VERDICT = re.compile(r"\[\[\s*(A|B|C|tie)\s*\]\]", re.IGNORECASE)
+
+
+# --------------------------------------------------------------------------- templates
+
+
+def _read(path: Path, what: str) -> str:
+    if not path.is_file():
+        raise ConfigError(f"{what} file not found: {path}")
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read {what} file {path}: {err}") from None
+
+
+def load_template(path: str | None, default: Path, required: Sequence[str]) -> str:
+    """The user-turn template, checked to contain every required placeholder."""
+    file = Path(path).expanduser() if path else default
+    text = _read(file, "judge template")
+    missing = [f"{{{name}}}" for name in required if f"{{{name}}}" not in text]
+    if missing:
+        raise ConfigError(
+            f"judge template {file} lacks the placeholder(s) {', '.join(missing)}; it needs {', '.join(f'{{{n}}}' for n in required)}"
+        )
+    return text
+
+
+def load_system_prompt(value: str | None, default: Path) -> str:
+    """``system_prompt`` is a file when it names one (or looks like a file name), else the text itself."""
+    if not value:
+        return _read(default, "judge system prompt").strip()
+    if looks_like_file(value):
+        return _read(Path(value.strip()).expanduser(), "judge system prompt").strip()
+    return value.strip()
+
+
+def fill(template: str, values: dict[str, str]) -> str:
+    """Substitute ``{name}`` for the given names in one pass: a value's own text is never
+    substituted again, and other braces stay as they are."""
+    pattern = re.compile("|".join(re.escape(f"{{{name}}}") for name in values))
+    return pattern.sub(lambda m: values[m.group(0)[1:-1]], template)
+
+
+def chat(system: str, user: str) -> Conversation:
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}] if system else [{"role": "user", "content": user}]
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """A reply accepted by a parser (``value``), or why it was not (``error``); ``how`` says
+    which path accepted it: the backend's structured value, JSON found in the text, or MT-Bench."""
+
+    value: Any | None
+    error: str | None
+    how: str | None = None
+
+
+def json_objects(text: str) -> list[Any]:
+    """Every JSON object that starts somewhere in ``text`` (prose, code fences and all), in order."""
+    found, decoder = [], json.JSONDecoder()
+    for match in re.finditer(r"\{", text):
+        try:
+            value, _ = decoder.raw_decode(text, match.start())
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, dict):
+            found.append(value)
+    return found
+
+
+def _verdict(value: Any) -> tuple[str | None, str | None]:
+    """(verdict, None) for a pairwise JSON reply, or (None, why not). Case is forgiven, nothing else."""
+    if not isinstance(value, dict) or "verdict" not in value:
+        return None, "no 'verdict' key"
+    raw = value["verdict"]
+    if not isinstance(raw, str) or raw.strip().lower() not in ("a", "b", "tie"):
+        return None, f"verdict {raw!r} is not one of 'A', 'B', 'tie'"
+    if "reasoning" in value and not isinstance(value["reasoning"], str):
+        return None, "reasoning is not a string"
+    return {"a": "A", "b": "B", "tie": "tie"}[raw.strip().lower()], None
+
+
+def parse_pairwise(reply: StructuredReply) -> Parsed:
+    """Structured value first; then a JSON object in the text; then one MT-Bench verdict."""
+    errors = [reply.error] if reply.error else []
+    for how, candidates in (("structured", [reply.value] if reply.value is not None else []), ("json_in_text", json_objects(reply.text))):
+        for value in candidates:
+            verdict, err = _verdict(value)
+            if verdict:
+                return Parsed({"verdict": verdict, "reasoning": str(value.get("reasoning", ""))}, None, how)
+            errors.append(err)
+    marks = {m.upper() for m in MT_BENCH_VERDICT.findall(reply.text)}
+    marks = {"tie" if m in ("C", "TIE") else m for m in marks}
+    if len(marks) == 1:
+        return Parsed({"verdict": marks.pop(), "reasoning": reply.text.strip()}, None, "mt_bench")
+    if len(marks) > 1:
+        errors.append(f"ambiguous MT-Bench verdicts {sorted(marks)}")
+    return Parsed(None, "; ".join(dict.fromkeys(e for e in errors if e)) or "no verdict in the reply")
+
+
+def rubric_schema(aspects: Sequence[str]) -> dict[str, Any]:
+    item = {
+        "type": "object",
+        "properties": {"rationale": {"type": "string"}, "rating": {"type": "integer", "minimum": 1, "maximum": 5}},
+        "required": ["rationale", "rating"],
+        "additionalProperties": False,
+    }
+    return {"type": "object", "properties": {a: item for a in aspects}, "required": list(aspects), "additionalProperties": False}
+
+
+def parse_rubric(reply: StructuredReply, schema: dict[str, Any]) -> Parsed:
+    """A JSON object with every aspect rated by an integer in 1..5: the structured value, else
+    one embedded in the text. Out of range, missing, fractional or string ratings are errors."""
+    errors = [reply.error] if reply.error else []
+    for how, candidates in (("structured", [reply.value] if reply.value is not None else []), ("json_in_text", json_objects(reply.text))):
+        for value in candidates:
+            problem = schema_problem(value, schema)
+            if problem is None:
+                aspects = schema["required"]
+                return Parsed({a: {"rating": int(value[a]["rating"]), "rationale": value[a]["rationale"]} for a in aspects}, None, how)
+            errors.append(problem)
+    return Parsed(None, "; ".join(dict.fromkeys(e for e in errors if e)) or "no JSON object in the reply")
+
+
+# --------------------------------------------------------------------------- asking, with retries
+
+
+@dataclass
+class Outcome:
+    """Everything about one conversation's question: the accepted answer (or None), every attempt."""
+
+    parsed: Parsed | None = None
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = None
+
+    def record(self, seed: int, reply: StructuredReply, parsed: Parsed) -> None:
+        self.attempts.append({"seed": seed, "text": reply.text, "error": parsed.error, "parsed_by": parsed.how})
+        self.prompt_tokens += reply.usage.prompt_tokens
+        self.completion_tokens += reply.usage.completion_tokens
+        if reply.usage.cost_usd is not None:
+            self.cost_usd = (self.cost_usd or 0.0) + reply.usage.cost_usd
+        if parsed.value is not None:
+            self.parsed = parsed
+
+    @property
+    def ok(self) -> bool:
+        return self.parsed is not None
+
+    @property
+    def last_error(self) -> str:
+        return self.attempts[-1]["error"] if self.attempts else "not asked"
+
+
+def sampling(cfg: JudgePairwiseConfig | JudgeRubricConfig, attempt: int) -> SamplingParams:
+    temperature = cfg.temperature if attempt == 0 else max(cfg.temperature, cfg.retry_temperature)
+    return SamplingParams(max_tokens=cfg.max_tokens, temperature=temperature, seed=cfg.seed + attempt, n=1)
+
+
+def ask(
+    backend: ModelBackend,
+    conversations: Sequence[Conversation],
+    schema: dict[str, Any],
+    parse: Callable[[StructuredReply], Parsed],
+    cfg: JudgePairwiseConfig | JudgeRubricConfig,
+) -> list[Outcome]:
+    """One ``chat_json`` call per attempt over every conversation still malformed, up to
+    ``max_retries`` re-asks; what is still malformed then stays without an answer."""
+    outcomes = [Outcome() for _ in conversations]
+    for attempt in range(cfg.max_retries + 1):
+        pending = [i for i, o in enumerate(outcomes) if not o.ok]
+        if not pending:
+            break
+        params = sampling(cfg, attempt)
+        replies = backend.chat_json([conversations[i] for i in pending], schema, params)
+        if len(replies) != len(pending):
+            raise BackendError(f"backend {backend.name!r} returned {len(replies)} replies for {len(pending)} conversations")
+        for i, reply in zip(pending, replies):
+            outcomes[i].record(params.seed, reply, parse(reply))
+    return outcomes
+
+
+def usage(*outcomes: Outcome) -> dict[str, Any]:
+    costs = [o.cost_usd for o in outcomes if o.cost_usd is not None]
+    return {
+        "attempts": sum(len(o.attempts) for o in outcomes),
+        "prompt_tokens": sum(o.prompt_tokens for o in outcomes),
+        "completion_tokens": sum(o.completion_tokens for o in outcomes),
+        "cost_usd": sum(costs) if costs else None,
+    }
+
+
+def failures(outcomes: dict[str, Outcome], max_retries: int) -> str | None:
+    """Why the label is invalid (one clause per failed request, named), or None if every
+    request parsed: both judges ask twice per pair and fail the pair on either."""
+    which = [
+        f"{what}: malformed judge reply after {len(o.attempts)} attempt(s) (max_retries={max_retries}): {o.last_error}"
+        for what, o in outcomes.items()
+        if not o.ok
+    ]
+    return "; ".join(which) if which else None
+
+
+# --------------------------------------------------------------------------- pairwise
+
+
+def combine_orders(first: str, second_swapped: str) -> tuple[float, float, str, bool]:
+    """(score_a, score_b, verdict, consistent) from the A/B verdict and the B/A verdict as the
+    judge gave it (its "A" is the pair's slot B). Disagreeing orders are a tie."""
+    second = SWAP[second_swapped]
+    score_a = POINTS[first][0] + POINTS[second][0]
+    score_b = POINTS[first][1] + POINTS[second][1]
+    consistent = first == second
+    return score_a, score_b, (first if consistent else "tie"), consistent
+
+
+class PairwiseJudge(Labeler):
+    """Which of the two responses is better, asked chosen-first and rejected-first."""
+
+    kind = "judge_pairwise"
+
+    def __init__(self, cfg: JudgePairwiseConfig, backends: Any):
+        super().__init__(cfg, backends)
+        self.template, self.system = self.prompts(cfg)
+
+    @staticmethod
+    def prompts(cfg: JudgePairwiseConfig) -> tuple[str, str]:
+        template = load_template(cfg.template, TEMPLATES_DIR / "pairwise_user.txt", PAIRWISE_PLACEHOLDERS)
+        system = "pairwise_letter_system.txt" if cfg.verdict_by == "logprobs" else "pairwise_system.txt"
+        return template, load_system_prompt(cfg.system_prompt, TEMPLATES_DIR / system)
+
+    @classmethod
+    def check(cls, cfg: JudgePairwiseConfig, data_root: str | Path) -> None:
+        cls.prompts(cfg)  # template errors first: they need no model and no server
+        check_backend(cfg.backend, data_root)
+
+    def models(self) -> list[str]:
+        return [self.cfg.backend.model]
+
+    def conversation(self, view: PairView, swapped: bool) -> Conversation:
+        first, second = (view.response_b, view.response_a) if swapped else (view.response_a, view.response_b)
+        user = fill(self.template, {"prompt": render_conversation(view.prompt), "response_a": first, "response_b": second})
+        return chat(self.system, user)
+
+    def label(self, pairs: pa.Table) -> pa.Table:
+        views = pair_views(pairs)
+        if not views:
+            return self.table([])
+        backend = self.backends.get(self.cfg.backend)
+        # both orders of every pair in one call per attempt: a local model decodes them in one
+        # batch instead of two, a server gets twice the requests in flight
+        asked = [self.conversation(v, swapped) for v in views for swapped in (False, True)]
+        if self.cfg.verdict_by == "logprobs":
+            letters = letter_probabilities(backend, asked)
+            return self.table([self.letter_row(v, letters[2 * i], letters[2 * i + 1]) for i, v in enumerate(views)])
+        outcomes = ask(backend, asked, PAIRWISE_SCHEMA, parse_pairwise, self.cfg)
+        return self.table([self.pair_row(v, outcomes[2 * i], outcomes[2 * i + 1]) for i, v in enumerate(views)])
+
+    def pair_row(self, view: PairView, ab: Outcome, ba: Outcome) -> dict[str, Any]:
+        raw = {"ab": ab.attempts, "ba": ba.attempts}
+        details: dict[str, Any] = {"usage": usage(ab, ba)}
+        if error := failures({"order A/B": ab, "order B/A": ba}, self.cfg.max_retries):
+            return self.row(view.pair_id, None, None, verdict="invalid", details=details, raw=raw, error=error)
+        assert ab.parsed is not None and ba.parsed is not None
+        v_ab, v_ba = ab.parsed.value["verdict"], ba.parsed.value["verdict"]
+        score_a, score_b, verdict, consistent = combine_orders(v_ab, v_ba)
+        details.update(
+            verdict_ab=v_ab,
+            verdict_ba=v_ba,
+            verdict_ba_as_slots=SWAP[v_ba],
+            reasoning_ab=ab.parsed.value["reasoning"],
+            reasoning_ba=ba.parsed.value["reasoning"],
+            parsed_by={"ab": ab.parsed.how, "ba": ba.parsed.how},
+        )
+        confidence = abs(score_a - score_b) / 2
+        return self.row(
+            view.pair_id, score_a, score_b, verdict=verdict, confidence=confidence, consistent=consistent, details=details, raw=raw
+        )
+
+    def letter_row(self, view: PairView, ab: tuple[float, float], ba: tuple[float, float]) -> dict[str, Any]:
+        """Scores = probability mass each slot got over both orders (in [0, 2]); the verdict
+        of each order is its likelier letter, combined as for generated verdicts."""
+        p_a_ab, p_a_ba = _softmax2(*ab), _softmax2(*ba)  # P("A") in each order
+        v_ab, v_ba = verdict_from_margin(p_a_ab - 0.5), verdict_from_margin(p_a_ba - 0.5)
+        _, _, verdict, consistent = combine_orders(v_ab, v_ba)
+        score_a, score_b = p_a_ab + (1 - p_a_ba), (1 - p_a_ab) + p_a_ba
+        details = {"verdict_ab": v_ab, "verdict_ba": v_ba, "p_letter_a_ab": p_a_ab, "p_letter_a_ba": p_a_ba}
+        raw = {"ab": {"logprob_A": ab[0], "logprob_B": ab[1]}, "ba": {"logprob_A": ba[0], "logprob_B": ba[1]}}
+        return self.row(
+            view.pair_id,
+            score_a,
+            score_b,
+            verdict=verdict,
+            confidence=abs(score_a - score_b) / 2,
+            consistent=consistent,
+            details=details,
+            raw=raw,
+        )
+
+
+def _softmax2(logp_a: float, logp_b: float) -> float:
+    """P(first) when only the two answers are allowed."""
+    top = max(logp_a, logp_b)
+    ea, eb = math.exp(logp_a - top), math.exp(logp_b - top)
+    return ea / (ea + eb)
+
+
+def letter_probabilities(backend: ModelBackend, conversations: Sequence[Conversation]) -> list[tuple[float, float]]:
+    """(log P("A"), log P("B")) as the judge's whole answer to each conversation, in one
+    ``choice_logprobs`` call (one forward pass per conversation where the backend can)."""
+    return [(a, b) for a, b in backend.choice_logprobs(conversations, ["A", "B"])]
+
+
+# --------------------------------------------------------------------------- rubric
+
+
+def check_aspects(aspects: Sequence[str]) -> None:
+    bad = [a for a in aspects if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,63}", a)]
+    if bad:
+        raise ConfigError(
+            f"rubric aspects must be names of letters, digits, _ and -, got {bad}; they are the keys of the judge's JSON reply"
+        )
+    dupes = sorted({a for a in aspects if list(aspects).count(a) > 1})
+    if dupes:
+        raise ConfigError(f"rubric aspects repeated: {', '.join(dupes)}")
+
+
+def render_aspects(aspects: Sequence[str]) -> str:
+    return "\n".join(f"- {a}: {ASPECT_DEFINITIONS[a]}" if a in ASPECT_DEFINITIONS else f"- {a}" for a in aspects)
+
+
+class RubricJudge(Labeler):
+    """Each response rated 1-5 per aspect on its own; a response's score is its mean rating."""
+
+    kind = "judge_rubric"
+
+    def __init__(self, cfg: JudgeRubricConfig, backends: Any):
+        super().__init__(cfg, backends)
+        self.template, self.system = self.prompts(cfg)
+        self.schema = rubric_schema(cfg.aspects)
+
+    @staticmethod
+    def prompts(cfg: JudgeRubricConfig) -> tuple[str, str]:
+        check_aspects(cfg.aspects)
+        template = load_template(cfg.template, TEMPLATES_DIR / "rubric_user.txt", RUBRIC_PLACEHOLDERS)
+        return template, load_system_prompt(cfg.system_prompt, TEMPLATES_DIR / "rubric_system.txt")
+
+    @classmethod
+    def check(cls, cfg: JudgeRubricConfig, data_root: str | Path) -> None:
+        cls.prompts(cfg)
+        check_backend(cfg.backend, data_root)
+
+    def models(self) -> list[str]:
+        return [self.cfg.backend.model]
+
+    def conversation(self, view: PairView, response: str) -> Conversation:
+        values = {"prompt": render_conversation(view.prompt), "response": response, "aspects": render_aspects(self.cfg.aspects)}
+        return chat(self.system, fill(self.template, values))
+
+    def label(self, pairs: pa.Table) -> pa.Table:
+        views = pair_views(pairs)
+        if not views:
+            return self.table([])
+        backend = self.backends.get(self.cfg.backend)
+        asked = [self.conversation(v, text) for v in views for text in (v.response_a, v.response_b)]
+        outcomes = ask(backend, asked, self.schema, lambda r: parse_rubric(r, self.schema), self.cfg)
+        return self.table([self.pair_row(v, outcomes[2 * i], outcomes[2 * i + 1]) for i, v in enumerate(views)])
+
+    def pair_row(self, view: PairView, a: Outcome, b: Outcome) -> dict[str, Any]:
+        raw = {"a": a.attempts, "b": b.attempts}
+        details: dict[str, Any] = {"usage": usage(a, b)}
+        if error := failures({"response A": a, "response B": b}, self.cfg.max_retries):
+            return self.row(view.pair_id, None, None, verdict="invalid", details=details, raw=raw, error=error)
+        assert a.parsed is not None and b.parsed is not None
+        score_a, score_b = (sum(r["rating"] for r in p.value.values()) / len(p.value) for p in (a.parsed, b.parsed))
+        details.update(a=a.parsed.value, b=b.parsed.value, parsed_by={"a": a.parsed.how, "b": b.parsed.how})
+        # the largest possible margin is 4 (all 5s against all 1s)
+        return self.row(view.pair_id, score_a, score_b, confidence=abs(score_a - score_b) / 4, details=details, raw=raw)

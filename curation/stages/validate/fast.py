@@ -1,0 +1,109 @@
+"""A vectorised pre-check for ``check_content``, so validation is not per-row Python.
+
+``suspect_rows`` flags every pair that breaks a rule. It works on the flat role and content
+arrays of each messages column (per-row counts come from the list offsets), because
+Polars' per-list expressions cost several times more at a million pairs. Whitespace is
+Python's (``str.strip``), so the flags are exact, not a superset; only flagged pairs go
+through ``check_content``, which decides and words the error, so codes, fields and
+messages are the same as the row-by-row path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curation.columns import count_per_row, ranges
+from curation.tables import from_numpy
+from curation.text import PY_WHITESPACE
+
+_NON_BLANK = "[^" + "".join(f"\\x{{{ord(c):x}}}" for c in PY_WHITESPACE) + "]"
+
+
+@dataclass
+class _Messages:
+    """One messages column, flat: row i's messages are ``[starts[i], ends[i])``."""
+
+    roles: pa.Array
+    contents: pl.Series
+    starts: np.ndarray
+    ends: np.ndarray
+
+    def non_blank(self) -> np.ndarray:
+        """Per message: holds a character Python's strip keeps (a null content counts as blank,
+        so its row is checked)."""
+        return self.contents.str.contains(_NON_BLANK).fill_null(False).to_numpy()
+
+    @classmethod
+    def of(cls, column: pa.Array | pa.ChunkedArray) -> _Messages:
+        if isinstance(column, pa.ChunkedArray):
+            column = column.combine_chunks()
+        offsets = column.offsets.to_numpy().astype(np.int64)  # of this (maybe sliced) array's rows
+        offsets -= offsets[0]
+        flat = column.flatten()
+        return cls(flat.field("role"), pl.from_arrow(flat.field("content")), offsets[:-1], offsets[1:])
+
+    def count(self, per_message: np.ndarray) -> np.ndarray:
+        """Per row, how many of its messages are True."""
+        return count_per_row(per_message, self.ends - self.starts)
+
+    def roles_at(self, index: np.ndarray) -> pa.Array:
+        return pc.take(self.roles, from_numpy(index.astype(np.int64)))
+
+
+def _true(mask: pa.Array) -> np.ndarray:
+    return pc.fill_null(mask, True).to_numpy(zero_copy_only=False)
+
+
+def suspect_rows(pairs: pa.Table | pa.RecordBatch, *, allowed_roles: frozenset[str], allow_empty_prompt: bool = False) -> np.ndarray:
+    """Boolean per pair: True where check_content must look."""
+    parts = {name: _Messages.of(pairs.column(name)) for name in ("prompt", "chosen", "rejected")}
+    allowed = pa.array(sorted(allowed_roles), pa.string())
+    suspect = np.zeros(pairs.num_rows, np.bool_)
+    for m in parts.values():
+        suspect |= m.count(_true(pc.invert(pc.is_in(m.roles, value_set=allowed)))) > 0
+    prompt = parts["prompt"]
+    if not allow_empty_prompt:
+        suspect |= prompt.count(prompt.non_blank()) == 0
+    has_turns = np.flatnonzero(prompt.ends > prompt.starts)
+    suspect[has_turns] |= _true(pc.equal(prompt.roles_at(prompt.ends[has_turns] - 1), "assistant"))
+    for name in ("chosen", "rejected"):
+        m = parts[name]
+        suspect |= m.count(m.non_blank()) == 0  # also an empty list
+        has_turns = np.flatnonzero(m.ends > m.starts)
+        suspect[has_turns] |= _true(pc.not_equal(m.roles_at(m.starts[has_turns]), "assistant"))
+    return suspect | _identical(parts["chosen"], parts["rejected"])
+
+
+def _identical(chosen: _Messages, rejected: _Messages) -> np.ndarray:
+    """Rows whose responses are equal message by message: same role, same stripped content."""
+    lengths = chosen.ends - chosen.starts
+    rows = np.flatnonzero(lengths == rejected.ends - rejected.starts)
+    lengths = lengths[rows]
+    c_at, r_at = ranges(chosen.starts[rows], lengths), ranges(rejected.starts[rows], lengths)
+    c, r = chosen.contents.gather(c_at), rejected.contents.gather(r_at)
+    # texts that differ are equal stripped only if one of them has whitespace to strip
+    flags = pl.DataFrame({"c": c, "r": r}).select(
+        same=(pl.col("c") == pl.col("r")).fill_null(True), padded=(_padded("c") | _padded("r")).fill_null(False)
+    )
+    same = flags["same"].to_numpy().copy()
+    maybe = np.flatnonzero(~same & flags["padded"].to_numpy())
+    if len(maybe):
+        same[maybe] = (c.gather(maybe).str.strip_chars(PY_WHITESPACE) == r.gather(maybe).str.strip_chars(PY_WHITESPACE)).to_numpy()
+    same &= _true(pc.equal(chosen.roles_at(c_at), rejected.roles_at(r_at)))
+    out = np.zeros(len(chosen.starts), np.bool_)
+    out[rows] = count_per_row(~same, lengths) == 0
+    return out
+
+
+_WHITESPACE = list(PY_WHITESPACE)
+
+
+def _padded(name: str) -> pl.Expr:
+    """Per text: it starts or ends with a character Python's strip removes. (One select of
+    these beats stripping every text; a Polars call costs ~0.3 ms even on 5,000 rows.)"""
+    return pl.col(name).str.head(1).is_in(_WHITESPACE) | pl.col(name).str.tail(1).is_in(_WHITESPACE)
