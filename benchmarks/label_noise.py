@@ -50,7 +50,7 @@ from benchmarks.shared_sets import DATASETS, PAIRS_SCHEMA, SHARED, load_pairs  #
 from curation.models import BackendConfig, build_backend  # noqa: E402
 from curation.models.memo import MemoEmbedder  # noqa: E402
 from curation.records import prompt_id, response_text  # noqa: E402
-from curation.stages.filter.base import LABEL_COLUMNS, FramePairs, StepContext  # noqa: E402
+from curation.stages.filter.base import STEP_LABEL_COLUMNS, FramePairs, StepContext  # noqa: E402
 from curation.stages.filter.config import VotingStep  # noqa: E402
 from curation.stages.filter.voting import run as voting_run  # noqa: E402
 from curation.stages.label.base import BackendPool  # noqa: E402
@@ -69,7 +69,7 @@ def inject_noise(pairs: list[dict[str, Any]], k: float, seed: int) -> tuple[list
 
 def ensemble_labels(pairs: list[dict[str, Any]], embedder: MemoEmbedder, cfg: BTEnsembleConfig) -> pl.DataFrame:
     labeler = BTEnsemble(cfg, BackendPool(".", build=lambda c, root: embedder))
-    return pl.from_arrow(labeler.label(pa.Table.from_pylist(pairs, schema=PAIRS_SCHEMA))).select(LABEL_COLUMNS)
+    return pl.from_arrow(labeler.label(pa.Table.from_pylist(pairs, schema=PAIRS_SCHEMA))).select(STEP_LABEL_COLUMNS)
 
 
 def cleanlab_issues(pairs: list[dict[str, Any]], embedder: MemoEmbedder, c: float, seed: int, truth: set[str]) -> tuple[set[str], float]:

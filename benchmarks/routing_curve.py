@@ -47,7 +47,7 @@ from benchmarks.shared_sets import DATASETS, PAIRS_SCHEMA, SHARED, load_pairs  #
 from curation.models import BackendConfig, build_backend  # noqa: E402
 from curation.models.memo import MemoEmbedder  # noqa: E402
 from curation.records import prompt_id  # noqa: E402
-from curation.stages.filter.base import LABEL_COLUMNS  # noqa: E402
+from curation.stages.filter.base import STEP_LABEL_COLUMNS  # noqa: E402
 from curation.stages.filter.config import RouteStep  # noqa: E402
 from curation.stages.filter.route import as_ai_labelled, fit_weights, routing_table, score  # noqa: E402
 from curation.stages.filter.route_features import FEATURES, features  # noqa: E402
@@ -174,7 +174,7 @@ def main() -> None:
         embedder = MemoEmbedder(real)
         cfg = BTEnsembleConfig(name="bt", members=args.members, seed=args.seed)
         labeler = BTEnsemble(cfg, BackendPool(".", build=lambda c, root: embedder))
-        labels = pl.from_arrow(labeler.label(pa.Table.from_pylist(rows, schema=PAIRS_SCHEMA))).select(LABEL_COLUMNS)
+        labels = pl.from_arrow(labeler.label(pa.Table.from_pylist(rows, schema=PAIRS_SCHEMA))).select(STEP_LABEL_COLUMNS)
         real.close()
         print(f"labelled {len(rows)} pairs ({len(embedder.vectors)} texts embedded) in {time.perf_counter() - started:.0f} s", flush=True)
         if args.labels_cache is not None:

@@ -6,9 +6,11 @@ traceback) and exit with status 2.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -17,9 +19,11 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from curation.errors import CurationError
+from curation.progress import LineProgress, Progress, TeeProgress
 
 app = typer.Typer(
     help="Curate raw preference comparisons into clean, versioned, DPO-ready datasets.\n\n"
@@ -28,6 +32,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",  # help paragraphs reflow to the terminal; indented lines stay code
 )
 datasets_app = typer.Typer(help="List, inspect and compare published datasets and their versions.", no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
@@ -57,7 +62,7 @@ def friendly(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except CurationError as err:
-            err_console.print(f"[bold red]error:[/] {err}", highlight=False, markup=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, markup=True, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err_console.print("interrupted; nothing was published by the interrupted stage")
@@ -75,6 +80,23 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
         return name, int(version.lstrip("v"))
     except ValueError:
         raise CurationError(f"invalid dataset reference {ref!r}: use NAME or NAME@VERSION (e.g. hh-harmless@2)") from None
+
+
+def run_progress(cfg: Any) -> Progress:
+    """A bar per stage on a terminal, progress lines on a pipe or in a CI log (at least every
+    30 s), and the same lines, time-stamped, in WORK_ROOT/logs/DATASET.log."""
+    log = Path(cfg.work_root) / "logs" / f"{cfg.publish.dataset}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+
+    def to_log(line: str) -> None:
+        with log.open("a", encoding="utf-8") as fh:
+            fh.write(f"{dt.datetime.now().astimezone().isoformat(timespec='seconds')} {line}\n")
+
+    def to_stderr(line: str) -> None:
+        err_console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+    shown = RichProgress() if sys.stderr.isatty() or os.environ.get("CURATE_PROGRESS") == "1" else LineProgress(to_stderr)
+    return TeeProgress(shown, LineProgress(to_log))
 
 
 class RichProgress:
@@ -119,11 +141,18 @@ class RichProgress:
         self._bar.stop()
 
 
-def print_funnel(result: dict) -> None:
+def print_curation_funnel(dataset: str, funnel: dict, next_stages: list[str]) -> None:
+    """The funnel of the stages that need no model, as soon as they finished (the model stages
+    after them can take minutes), with the row accounting so far."""
+    _funnel_tables(f"Curated: {dataset} (before {', '.join(next_stages)})", funnel)
+    _accounting_line(funnel)
+    console.print(f"Running {', '.join(next_stages)} next; the version is published when they finish.")
+
+
+def _funnel_tables(title: str, f: dict) -> None:
     from curation.report.html import funnel_steps, reason_rows
 
-    f = result["funnel"]
-    table = Table(title=f"Funnel: {result['dataset']} v{result['version']}", show_header=True)
+    table = Table(title=title, show_header=True)
     table.add_column("step")
     table.add_column("count", justify="right")
     for label, n in funnel_steps(f):
@@ -138,6 +167,11 @@ def print_funnel(result: dict) -> None:
         for o, s, r, n in reasons:
             t.add_row(o, s, r, f"{n:,}")
         console.print(t)
+
+
+def print_funnel(result: dict) -> None:
+    f = result["funnel"]
+    _funnel_tables(f"Funnel: {result['dataset']} v{result['version']}", f)
     if "generated" in f:
         from curation.report.html import GENERATION_HEADER, generation_rows
 
@@ -161,6 +195,10 @@ def print_funnel(result: dict) -> None:
             f"Filter accounting: {fc['pairs_in']:,} pairs in = {fc['filtered']:,} filtered + {fc['pairs_out']:,} published"
             f" ({fc['flipped']:,} flipped, {fc['routed']:,} routed to people)"
         )
+    _accounting_line(f)
+
+
+def _accounting_line(f: dict) -> None:
     ok = (
         f["rows_in"] == f["rows_quarantined"] + f["rows_filtered"] + f["rows_with_pairs"]
         and f["pairs_out"] == f["pairs_quarantined"] + f["pairs_filtered"] + f["kept"]
@@ -198,6 +236,9 @@ def run(
     local: bool = typer.Option(False, "--local", help="Run the stages in this process without Prefect."),
     force: bool = typer.Option(False, "--force", help="Publish a new version even if config and inputs are unchanged."),
     keep_staging: bool = typer.Option(False, "--keep-staging", help="Keep the run folder's staged Parquet files."),
+    allow_empty: bool = typer.Option(
+        False, "--allow-empty", help="Publish even when a source yields no kept pair (by default the run stops and says why)."
+    ),
 ) -> None:
     """Run a recipe: ingest -> validate -> dedup (-> generate -> label -> filter) -> publish a new dataset version.
 
@@ -211,18 +252,23 @@ def run(
     from curation.config import load_config
 
     cfg = load_config(recipe, data_root=data_root)  # fail on a bad recipe before anything starts
-    progress = RichProgress() if sys.stderr.isatty() or os.environ.get("CURATE_PROGRESS") == "1" else None
+    cfg.allow_empty = cfg.allow_empty or allow_empty
+    progress = run_progress(cfg)
+
+    def announce(funnel: dict, next_stages: list[str]) -> None:
+        print_curation_funnel(cfg.publish.dataset, funnel, next_stages)
+
     if local:
         from curation.run.runner import curate
 
-        result = asdict(curate(cfg, progress=progress, force=force, keep_staging=keep_staging))
+        result = asdict(curate(cfg, progress=progress, force=force, keep_staging=keep_staging, on_curated=announce))
     else:
         os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
         from flows.curate import run_recipe, set_progress
 
         _one_line_curation_errors()
-        set_progress(progress)
-        result = run_recipe(str(recipe), data_root=cfg.data_root, force=force, keep_staging=keep_staging)
+        set_progress(progress, announce)
+        result = run_recipe(str(recipe), data_root=cfg.data_root, force=force, keep_staging=keep_staging, allow_empty=allow_empty)
         if result.get("cached"):
             err_console.print(f"reused from the stage cache: {', '.join(result['cached'])}")
     _print_run_result(result, cfg.data_root)
@@ -270,7 +316,7 @@ def serve(
     Trigger a run with `prefect deployment run 'curate-recipe/NAME'`. For runs started by
     workers of a work pool instead, see `curate deploy` and prefect.yaml.
 
-      curate serve recipes/hh-rlhf-sample.yaml --cron "0 3 * * *"
+        curate serve recipes/hh-rlhf-sample.yaml --cron "0 3 * * *"
     """
     from flows.deployments import require_server, serve_recipes
 
@@ -294,9 +340,9 @@ def deploy(
 
     Needs a Prefect server (PREFECT_API_URL) and a work pool; on one machine a process pool:
 
-      prefect work-pool create curation --type process
-      curate deploy recipes/hh-rlhf-sample.yaml --pool curation --cron "0 3 * * *"
-      prefect worker start --pool curation
+        prefect work-pool create curation --type process
+        curate deploy recipes/hh-rlhf-sample.yaml --pool curation --cron "0 3 * * *"
+        prefect worker start --pool curation
 
     The repository's prefect.yaml declares the standard deployments for `prefect deploy --all`.
     """
@@ -316,7 +362,11 @@ def _store_location(data_root: str, name: str) -> str:
 
 def _print_run_result(result: dict, data_root: str) -> None:
     name, version = result["dataset"], result["version"]
-    if result["unchanged"]:
+    if result["unchanged"] and result.get("summary", {}).get("raced"):
+        console.print(
+            f"[bold]{name} v{version}[/] was published from this config and these inputs by a run that finished first: nothing to do."
+        )
+    elif result["unchanged"]:
         console.print(f"[bold]{name} v{version}[/] was built from this config and these inputs: nothing to do (use --force to republish).")
     else:
         print_funnel(result)
@@ -332,10 +382,21 @@ def _print_run_result(result: dict, data_root: str) -> None:
 
 @app.command()
 @friendly
-def check(recipe: Path = typer.Argument(..., help="Recipe YAML to check."), data_root: str | None = DataRoot) -> None:
-    """Check a recipe without running it: config, adapters, backends, labelers and that every input can be opened."""
+def check(
+    recipe: Path = typer.Argument(..., help="Recipe YAML to check."),
+    rows: int = typer.Option(100, "--rows", min=1, help="Rows of each source to try in a scratch folder (nothing is published)."),
+    data_root: str | None = DataRoot,
+) -> None:
+    """Check a recipe without running it.
+
+    Validates the config, the adapters, backends and labelers (no weights are loaded), opens
+    every input, then runs the first --rows rows of each source through ingest, validate and
+    dedup in a scratch folder and prints what each source would keep, with the top reasons
+    for what it would not. A misspelt field name shows here as a source that keeps nothing.
+    """
     from curation.config import load_config
     from curation.run.inputs import input_fingerprints
+    from curation.run.preview import preview
     from curation.run.runner import check_stages
 
     cfg = load_config(recipe, data_root=data_root)
@@ -344,6 +405,25 @@ def check(recipe: Path = typer.Argument(..., help="Recipe YAML to check."), data
     console.print(f"Recipe OK: dataset [bold]{cfg.publish.dataset}[/], config hash {cfg.config_hash()}")
     for fp in fps:
         console.print(f"  {fp['source']}: {fp.get('path') or fp.get('id')} ({fp.get('bytes', '?')} bytes)")
+    if not cfg.sources:
+        return
+    table = Table(title=f"The first {rows:,} rows of each source", show_header=True)
+    for col in ("source", "rows", "kept pairs", "filtered", "quarantined", "top reasons"):
+        table.add_column(col, justify="left" if col in ("source", "top reasons") else "right")
+    empty = []
+    for name, s in preview(cfg, rows).items():
+        why = "\n".join(f"{reason}: {n:,}" for reason, n in s["reasons"])
+        table.add_row(name, f"{s['rows']:,}", f"{s['kept']:,}", f"{s['filtered']:,}", f"{s['quarantined']:,}", why)
+        if not s["kept"]:
+            empty.append(name)
+    console.print(table)
+    if empty and not cfg.allow_empty:
+        err_console.print(
+            f"[bold red]error:[/] {', '.join(map(repr, empty))} kept no pair in the first {rows:,} rows (reasons above); "
+            "a run stops when a source keeps none (allow_empty: true publishes anyway)",
+            highlight=False,
+        )
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -356,15 +436,22 @@ def sql(
     version: int | None = typer.Option(None, "--version", "-v", help="Version of that dataset (default: latest)."),
     fmt: str = typer.Option("table", "--format", "-f", help="table | csv | json | jsonl"),
     max_rows: int = typer.Option(40, "--max-rows", help="Rows to show in table format."),
+    allow_external_reads: bool = typer.Option(
+        False, "--allow-external-reads", help="Let the query read files of your own (to join them); it still cannot write anything."
+    ),
     data_root: str | None = DataRoot,
 ) -> None:
-    """Query published datasets with DuckDB SQL.
+    """Query published datasets with DuckDB SQL, read-only.
 
     Bare `pairs`, `decisions`, `quarantine` and `versions` are the default dataset (the only
     one, the most recent, or --dataset). Every dataset is also `NAME.pairs`, and a past
     version is `"NAME@2".pairs`. Example: why was a row dropped?
 
-      curate sql "SELECT stage, reason, count(*) FROM decisions WHERE decision <> 'kept' GROUP BY ALL"
+        curate sql "SELECT stage, reason, count(*) FROM decisions WHERE decision <> 'kept' GROUP BY ALL"
+
+    Only statements that read run (SELECT, WITH, DESCRIBE, SUMMARIZE, SHOW, EXPLAIN); a
+    published version never changes, so COPY, ATTACH, INSERT, CREATE, SET and the like are
+    refused before anything runs, and a query reads only the datasets' own files.
     """
     import polars as pl
 
@@ -372,22 +459,38 @@ def sql(
 
     if dataset and "@" in dataset:
         dataset, version = parse_ref(dataset)
-    df = run_sql(query, _root(data_root), dataset=dataset, version=version)
+    df = run_sql(query, _root(data_root), dataset=dataset, version=version, allow_external_reads=allow_external_reads)
     if fmt == "table":
         with pl.Config(tbl_rows=max_rows, fmt_str_lengths=60, tbl_width_chars=200):
             console.print(str(df), highlight=False, markup=False)
+        if df.height > max_rows:
+            err_console.print(
+                f"showing {max_rows} of {df.height:,} rows: --max-rows {df.height} shows them all, -f csv|json|jsonl writes them"
+            )
     elif fmt == "csv":
         nested = [c for c, t in df.schema.items() if t.is_nested()]
         if nested:
             raise CurationError(f"csv cannot hold nested columns ({', '.join(nested)}); use --format json or select scalar columns")
         sys.stdout.write(df.write_csv())
     elif fmt == "json":
-        sys.stdout.write(json.dumps(df.to_dicts(), ensure_ascii=False, default=str, indent=1) + "\n")
+        sys.stdout.write(json.dumps(json_safe(df.to_dicts()), ensure_ascii=False, default=str, indent=1, allow_nan=False) + "\n")
     elif fmt == "jsonl":
         for row in df.iter_rows(named=True):
-            sys.stdout.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+            sys.stdout.write(json.dumps(json_safe(row), ensure_ascii=False, default=str, allow_nan=False) + "\n")
     else:
         raise CurationError(f"unknown --format {fmt!r}: use table, csv, json or jsonl")
+
+
+def json_safe(value: Any) -> Any:
+    """JSON has no infinity or NaN (Python would print bare ``Infinity``/``NaN``, which JSON
+    parsers reject): non-finite floats become the strings "Infinity", "-Infinity", "NaN"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 @datasets_app.command("list")
@@ -416,6 +519,23 @@ def datasets_list(data_root: str | None = DataRoot) -> None:
             v.config_hash,
         )
     console.print(table)
+
+
+def funnel_line(f: dict, published: int) -> str:
+    """One line for a version: rows in -> pairs -> kept -> published, and every removal counted
+    (at read/adapt, validate, dedup, generation and each filter step)."""
+    generated = f.get("generated", {})
+    filtered = (
+        f["rows_filtered"] + f["pairs_filtered"] + sum(generated.get("filtered", {}).values()) + f.get("filter", {}).get("filtered", 0)
+    )
+    quarantined = f["rows_quarantined"] + f["pairs_quarantined"]
+    steps = f"{f['rows_in']:,} rows in -> {f['pairs_out']:,} pairs -> {f['kept']:,} kept"
+    if generated:
+        steps += f" (+{generated.get('pairs_kept', 0):,} generated)"
+    if "filter" in f:
+        steps += f" -> {published:,} published"
+    flipped = f.get("filter", {}).get("flipped", 0)
+    return f"funnel: {steps} ({quarantined:,} quarantined, {filtered:,} filtered" + (f", {flipped:,} flipped)" if flipped else ")")
 
 
 @datasets_app.command("show")
@@ -461,15 +581,38 @@ def datasets_show(
     console.print("tables: " + ", ".join(f"{t} {n:,} rows" for t, n in v.tables.items()))
     f = v.counts
     if "rows_in" in f:
-        console.print(
-            f"funnel: {f['rows_in']:,} rows in -> {f['pairs_out']:,} pairs -> {f['kept']:,} kept "
-            f"({f['rows_quarantined'] + f['pairs_quarantined']:,} quarantined, {f['rows_filtered'] + f['pairs_filtered']:,} filtered)"
-        )
+        console.print(funnel_line(f, v.tables.get("pairs", 0)))
     report = Path(_root(data_root)) / "datasets" / name / "reports" / f"v{v.version}" / "report.html"
     if report.exists():
         console.print(f"report: {report.resolve()}")
     if show_config:
         console.print(yaml.safe_dump(v.config, sort_keys=False), highlight=False, markup=False)
+
+
+@datasets_app.command("verify")
+@friendly
+def datasets_verify(
+    ref: str = typer.Argument(..., help="NAME or NAME@VERSION (latest by default)"), data_root: str | None = DataRoot
+) -> None:
+    """Check that a version's data files are the ones it was published with.
+
+    The sha256 and size of every data file are recorded with the version when it is published;
+    this recomputes them and names every file that changed or is missing (exit status 1).
+    Published data files are read-only, and curate sql cannot write, so a problem here means
+    something outside curate touched them.
+    """
+    from curation.store.catalog import DatasetStore
+
+    name, version = parse_ref(ref)
+    result = DatasetStore(_root(data_root)).verify(name, version)
+    if not result["recorded"]:
+        raise CurationError(f"{result['ref']} was published before checksums were recorded; nothing to compare with")
+    for problem in result["problems"]:
+        err_console.print(f"[bold red]{escape(problem)}[/]", highlight=False, soft_wrap=True)
+    if result["problems"]:
+        err_console.print(f"{result['ref']}: {len(result['problems'])} of {result['files']} data files differ from the published ones")
+        raise typer.Exit(1)
+    console.print(f"{result['ref']}: all {result['files']:,} data files ({_megabytes(result['bytes'])}) are as published.")
 
 
 @datasets_app.command("diff")
@@ -478,13 +621,53 @@ def datasets_diff(
     name: str = typer.Argument(..., help="Dataset name."),
     a: int = typer.Argument(..., help="Older version."),
     b: int = typer.Argument(..., help="Newer version."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole comparison as JSON (for scripts)."),
     data_root: str | None = DataRoot,
 ) -> None:
-    """Compare two versions: row counts per table, pairs added/removed, config changes."""
+    """Compare two versions: what changed in the recipe (only the keys that changed), in the
+    inputs and the code, the tables whose row counts changed, and the pairs added and removed."""
     from curation.store.catalog import DatasetStore
 
     d = DatasetStore(_root(data_root)).diff(name, a, b)
-    console.print_json(json.dumps(d, default=str))
+    if as_json:
+        sys.stdout.write(json.dumps(d, default=str, indent=1) + "\n")
+        return
+    for line in diff_lines(d):
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
+def diff_lines(d: dict) -> list[str]:
+    """The comparison as a person reads it: only what changed, one line each."""
+
+    def short(value: object) -> str:
+        text = json.dumps(value, default=str, ensure_ascii=False)
+        return text if len(text) <= 80 else text[:77] + "..."
+
+    lines = [f"{d['dataset']}: v{d['a']} -> v{d['b']}"]
+    config = d.get("config") or {}
+    if config:
+        lines.append(f"recipe: {len(config)} key(s) changed")
+        for key, change in config.items():
+            old, new = (short(change[k]) if k in change else "(absent)" for k in ("old", "new"))
+            lines.append(f"  {key}: {old} -> {new}")
+    else:
+        lines.append("recipe: unchanged")
+    lines.append("inputs: changed" if d.get("inputs_changed") else "inputs: unchanged")
+    if d.get("code_version_changed"):
+        lines.append("code version: changed")
+    changed = {t: c for t, c in d.get("tables", {}).items() if c["a"] != c["b"]}
+    for table, c in changed.items():
+        before, after = ("-" if c[k] is None else f"{c[k]:,}" for k in ("a", "b"))
+        lines.append(f"table {table}: {before} -> {after} rows")
+    if not changed:
+        lines.append("tables: same row counts")
+    pairs = d.get("pairs")
+    if pairs:
+        lines.append(f"pairs: {pairs['added']:,} added, {pairs['removed']:,} removed (by pair id)")
+        for kind in ("added", "removed"):
+            if pairs[f"{kind}_examples"]:
+                lines.append(f"  {kind}, e.g.: {', '.join(pairs[f'{kind}_examples'][:5])}")
+    return lines
 
 
 @app.command()
@@ -631,6 +814,40 @@ def report(
     print(path)
     if not no_open and open_in_browser(path):
         err_console.print("opened in your browser")
+
+
+@app.command()
+@friendly
+def gc(
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be removed."),
+    work_dir: str | None = typer.Option(None, "--work-dir", help="Local work folder of an object-store data root (default ./data)."),
+    data_root: str | None = DataRoot,
+) -> None:
+    """Remove what killed or crashed runs left behind, with sizes.
+
+    The folders of runs whose process is gone, the staged files of publishes killed before
+    their commit, half-built stage-cache entries, and cache entries the cache's own policy has
+    evicted. Published versions are never touched. Every run does this for its own dataset
+    when it starts; this does it for every dataset under the data root.
+    """
+    from curate.gc import collect
+
+    found = collect(_root(data_root), work_dir, dry_run=dry_run)
+    if not found:
+        console.print("Nothing to clean up.")
+        return
+    table = Table(title="Would remove" if dry_run else "Removed", show_header=True)
+    for col in ("what", "path", "size"):
+        table.add_column(col, justify="right" if col == "size" else "left")
+    for what, path, size in found:
+        table.add_row(what, path, _megabytes(size))
+    console.print(table)
+    total = sum(size for _, _, size in found)
+    console.print(f"{'Would free' if dry_run else 'Freed'} {_megabytes(total)} in {len(found):,} item(s).")
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB" if n >= 100_000 else f"{n / 1e3:,.1f} kB"
 
 
 def main() -> None:

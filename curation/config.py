@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from curation.errors import ConfigError, repeated
 from curation.stages.filter.config import FilterConfig
 from curation.stages.generate.config import GenerateConfig
 from curation.stages.label.config import PROMPT_FILE_SUFFIXES, LabelConfig
+from curation.strict import Strict
 
 DATASET_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
@@ -34,10 +35,6 @@ def check_dataset_name(name: str) -> str:
             "starting with a letter or digit (names become folders under the data root)"
         )
     return name
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class SourceConfig(Strict):
@@ -133,6 +130,11 @@ class RunConfig(Strict):
         description="local folder for runs, caches and converted models; default: the data root when it is a folder, else ./data",
     )
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
+    allow_empty: bool = Field(
+        default=False,
+        description="publish even when a source yields no kept pair (every row quarantined or filtered); by default such a "
+        "run stops, names the source and why its rows went, and publishes nothing (not part of the config hash)",
+    )
     batch_size: int = Field(
         default=20_000,
         ge=1,
@@ -161,6 +163,7 @@ class RunConfig(Strict):
         d.pop("data_root", None)
         d.pop("work_dir", None)
         d.pop("orchestration", None)
+        d.pop("allow_empty", None)
         d.pop("batch_size", None)
         d.pop("threads", None)
         d.pop("ingest", None)

@@ -48,7 +48,7 @@ from typing import Any
 
 from prefect.cache_policies import CachePolicy
 
-from curation import spine
+from curation import owners, spine
 from curation.config import RunConfig
 from curation.stages.base import StageOutput
 
@@ -193,6 +193,7 @@ def build(slot: StageSlot, run: Callable[[Path], StageOutput]) -> StageOutput:
     final = slot.dir
     tmp = final.with_name(f"{final.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.mkdir(parents=True)
+    owners.claim(tmp)  # a killed attempt's folder is debris for the next prune
     try:
         out = run(tmp)
         sizes, files = {}, {}
@@ -204,6 +205,7 @@ def build(slot: StageSlot, run: Callable[[Path], StageOutput]) -> StageOutput:
             else:
                 files[table] = path
         (tmp / MARKER).write_text(json.dumps({"stage": slot.stage, "key": slot.key, "files": sizes}, indent=1))
+        (tmp / owners.OWNER_FILE).unlink()
         _install(tmp, final, slot)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -227,16 +229,24 @@ def _install(tmp: Path, final: Path, slot: StageSlot) -> None:
 
 
 def prune(cfg: RunConfig, *, keep: int = KEEP_PER_STAGE, max_age_days: float = MAX_AGE_DAYS) -> list[Path]:
-    """Drop a dataset's cache entries beyond the ``keep`` most recently used per stage, entries
-    unused for ``max_age_days``, and leftovers of crashed attempts older than a day."""
-    root = cache_root(cfg)
+    """Drop the recipe's dataset's stale cache entries (``prune_dataset``)."""
+    return prune_dataset(cache_root(cfg), cfg.publish.dataset, keep=keep, max_age_days=max_age_days)
+
+
+def prune_dataset(
+    root: Path, dataset: str, *, keep: int = KEEP_PER_STAGE, max_age_days: float = MAX_AGE_DAYS, dry_run: bool = False
+) -> list[Path]:
+    """Drop a dataset's cache entries (under the cache ``root``) beyond the ``keep`` most
+    recently used per stage, entries unused for ``max_age_days``, and the half-built folders
+    of attempts whose process is gone (or older than a day, for those without an owner
+    record). ``dry_run``: only list them."""
     now = time.time()
     removed: list[Path] = []
-    for stage_dir in (root / "stages" / cfg.publish.dataset).glob("*"):
+    for stage_dir in (root / "stages" / dataset).glob("*"):
         entries: list[tuple[float, Path]] = []
         for entry in stage_dir.iterdir():
             if ".tmp-" in entry.name or ".old-" in entry.name:
-                if now - entry.stat().st_mtime > 86_400:
+                if owners.abandoned(entry) or (owners.owner_of(entry) is None and now - entry.stat().st_mtime > 86_400):
                     removed.append(entry)
                 continue
             marker = entry / MARKER
@@ -245,6 +255,8 @@ def prune(cfg: RunConfig, *, keep: int = KEEP_PER_STAGE, max_age_days: float = M
         for rank, (used, entry) in enumerate(entries):
             if rank >= keep or now - used > max_age_days * 86_400:
                 removed.append(entry)
+    if dry_run:
+        return removed
     for entry in removed:
         shutil.rmtree(entry, ignore_errors=True)
         (root / "prefect" / f"{entry.parent.name}-{entry.name}").unlink(missing_ok=True)

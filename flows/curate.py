@@ -26,7 +26,6 @@ Why it looks like this:
 from __future__ import annotations
 
 import json
-import logging
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -39,13 +38,14 @@ from prefect.futures import PrefectFuture
 from curation import spine
 from curation.config import RunConfig, load_config
 from curation.models.config import BackendConfig
-from curation.progress import NoProgress, Progress
+from curation.progress import LineProgress, NoProgress, Progress
+from curation.run import accounting
 from curation.run import publish as publishing
 from curation.run import runner as pipeline
 from curation.run.inputs import find_unchanged, source_fingerprints
 from curation.stages.base import Stage, StageOutput
 from curation.stages.filter import stage as filtering
-from curation.store.catalog import DatasetStore, VersionInfo
+from curation.store.catalog import AlreadyPublished, DatasetStore, VersionInfo
 from flows import caching
 from flows.artifacts import funnel_markdown, publish_artifacts
 from flows.retries import API_RETRIES, IO_RETRIES
@@ -59,35 +59,19 @@ MODEL_SERVER_TAG = "model-server"
 _progress: Progress | None = None
 
 
-def set_progress(progress: Progress | None) -> None:
-    """Let an in-process caller (the CLI) show progress bars for the flow's stages. Tasks that
-    run in another process (Ray workers) log their progress instead."""
-    global _progress
-    _progress = progress
+_on_curated: pipeline.OnCurated | None = None
 
 
-class LogProgress:
-    """Progress for runs without a terminal: a log line per stage and every 100k rows."""
-
-    def __init__(self, logger: logging.Logger | logging.LoggerAdapter, every: int = 100_000):
-        self.logger, self.every = logger, every
-        self.name, self.done, self.t0 = "", 0, 0.0
-
-    def start(self, description: str, total: int | None = None) -> None:
-        self.name, self.done, self.t0 = description, 0, time.perf_counter()
-        self.logger.info("%s: started%s", description, f" ({total:,} rows)" if total else "")
-
-    def advance(self, n: int = 1) -> None:
-        before, self.done = self.done, self.done + n
-        if before // self.every != self.done // self.every:
-            self.logger.info("%s: %s rows", self.name, f"{self.done:,}")
-
-    def finish(self) -> None:
-        self.logger.info("%s: %s rows in %.1f s", self.name, f"{self.done:,}", time.perf_counter() - self.t0)
+def set_progress(progress: Progress | None, on_curated: pipeline.OnCurated | None = None) -> None:
+    """Let an in-process caller (the CLI) show progress bars for the flow's stages (tasks that
+    run in another process, Ray workers, log their progress instead) and hear the funnel as
+    soon as the stages before the model stages finished."""
+    global _progress, _on_curated
+    _progress, _on_curated = progress, on_curated
 
 
 def _progress_for_task() -> Progress:
-    return _progress or LogProgress(get_run_logger())
+    return _progress or LineProgress(get_run_logger().info)
 
 
 RETRIES = {"io": IO_RETRIES, "api": API_RETRIES, None: {}}
@@ -130,12 +114,16 @@ def _published_by(cfg: RunConfig, run_id: str) -> VersionInfo | None:
 
 
 @task(name="publish", cache_policy=NO_CACHE, **IO_RETRIES)
-def publish_task(cfg: RunConfig, run_dir: str, outs: dict[str, StageOutput]) -> tuple[VersionInfo, dict]:
-    """Commit the version. A retry first looks for a version this run already committed (the
-    failure came after the commit), so a retried publish never publishes twice."""
+def publish_task(cfg: RunConfig, run_dir: str, outs: dict[str, StageOutput], force: bool = False) -> tuple[VersionInfo, dict | None]:
+    """Commit the version; (version, funnel). A retry first looks for a version this run
+    already committed (the failure came after the commit), so a retried publish never
+    publishes twice. (version, None): an identical run committed that version first."""
     if runtime.task_run.run_count > 1 and (done := _published_by(cfg, Path(run_dir).name)) is not None:
         return done, done.counts
-    return pipeline.publish(cfg, Path(run_dir), outs)
+    try:
+        return pipeline.publish(cfg, Path(run_dir), outs, force=force)
+    except AlreadyPublished as same:
+        return same.info, None
 
 
 def _run_stages(cfg: RunConfig, run_dir: str) -> tuple[dict[str, PrefectFuture | StageOutput], dict[str, StageOutput], list[str]]:
@@ -146,13 +134,18 @@ def _run_stages(cfg: RunConfig, run_dir: str) -> tuple[dict[str, PrefectFuture |
     slots = caching.slots(cfg, caching.stage_keys(cfg, source_fingerprints(cfg)))
     handles: dict[str, PrefectFuture | StageOutput] = {}
     outs: dict[str, StageOutput] = {}
-    for stage in spine.active(cfg):
+    stages = spine.active(cfg)
+    boundary = pipeline.first_model_stage(stages)
+    for i, stage in enumerate(stages):
+        if i == boundary and _on_curated is not None and handles:
+            done = {name: h.result() if isinstance(h, PrefectFuture) else h for name, h in handles.items()}
+            _on_curated(accounting.funnel(done), [s.name for s in stages[i:]])
         upstream = pipeline.upstream_of(stage.name, handles)
         if stage.cached:
             handles[stage.name] = _stage_as_task(stage, records).submit(stage.name, cfg, slots[stage.name], upstream)
             continue
         ready = {name: h.result() if isinstance(h, PrefectFuture) else h for name, h in upstream.items()}
-        progress = _progress or LogProgress(get_run_logger())
+        progress = _progress or LineProgress(get_run_logger().info)
         handles[stage.name] = stage.with_step_runner(_step_as_task).run(cfg, run_dir, ready, progress)
     for name, h in handles.items():
         outs[name] = h.result() if isinstance(h, PrefectFuture) else h
@@ -161,20 +154,34 @@ def _run_stages(cfg: RunConfig, run_dir: str) -> tuple[dict[str, PrefectFuture |
 
 
 @flow(name="curate", log_prints=True)
-def curate_flow(recipe: str, data_root: str | None = None, force: bool = False, keep_staging: bool = False) -> dict:
+def curate_flow(
+    recipe: str, data_root: str | None = None, force: bool = False, keep_staging: bool = False, allow_empty: bool = False
+) -> dict:
     """Curate a recipe into a new version of its dataset (or report it unchanged)."""
     cfg = load_config(recipe, data_root=data_root)
+    cfg.allow_empty = cfg.allow_empty or allow_empty
     logger = get_run_logger()
+    publishing.sweep_runs(cfg.work_root)  # the folders of runs killed before they finished
     if not force and (same := find_unchanged(cfg, DatasetStore(cfg.data_root))) is not None:
         logger.info("%s v%d was built from this config and these inputs; nothing to do", same.dataset, same.version)
         return asdict(pipeline.unchanged_result(cfg, same))
     pipeline.check_stages(cfg)  # a bad backend or labeler config fails before any work
+    caching.prune(cfg)  # half-built cache entries of killed runs first
     run_dir = str(publishing.new_run_dir(cfg))
-    handles, outs, cached = _run_stages(cfg, run_dir)
-    if cached:
-        logger.info("reused from the stage cache: %s", ", ".join(cached))
-    t0 = time.perf_counter()
-    info, funnel = publish_task.submit(cfg, run_dir, handles).result()
+    try:
+        handles, outs, cached = _run_stages(cfg, run_dir)
+        if cached:
+            logger.info("reused from the stage cache: %s", ", ".join(cached))
+        t0 = time.perf_counter()
+        info, funnel = publish_task.submit(cfg, run_dir, handles, force).result()
+    except BaseException:
+        if not keep_staging:
+            publishing.drop_run(Path(run_dir))
+        raise
+    if funnel is None:  # an identical run committed first
+        publishing.drop_run(Path(run_dir))
+        logger.info("%s was published meanwhile from this config and these inputs; nothing to do", info.ref)
+        return asdict(pipeline.unchanged_result(cfg, info, raced=True)) | {"cached": cached, "flow_run_id": str(runtime.flow_run.id)}
     timings = {name: 0.0 if name in cached else out.seconds for name, out in outs.items()}
     timings["publish"] = time.perf_counter() - t0
     staged = {name: {"files": out.files, "cached": name in cached} for name, out in outs.items()}
@@ -185,7 +192,9 @@ def curate_flow(recipe: str, data_root: str | None = None, force: bool = False, 
     return asdict(result) | {"cached": cached, "flow_run_id": str(runtime.flow_run.id)}
 
 
-def run_recipe(recipe: str, data_root: str | None = None, force: bool = False, keep_staging: bool = False) -> dict:
+def run_recipe(
+    recipe: str, data_root: str | None = None, force: bool = False, keep_staging: bool = False, allow_empty: bool = False
+) -> dict:
     """Run ``curate_flow`` on the task runner the recipe's ``orchestration`` section names.
 
     A flow's task runner is fixed when the flow starts, so the runner is chosen here, from the
@@ -194,12 +203,16 @@ def run_recipe(recipe: str, data_root: str | None = None, force: bool = False, k
     """
     cfg = load_config(recipe, data_root=data_root)  # a bad recipe fails before Prefect starts anything
     runner = task_runner_for(cfg.orchestration)
-    return curate_flow.with_options(task_runner=runner)(str(recipe), data_root=data_root, force=force, keep_staging=keep_staging)
+    return curate_flow.with_options(task_runner=runner)(
+        str(recipe), data_root=data_root, force=force, keep_staging=keep_staging, allow_empty=allow_empty
+    )
 
 
 @flow(name="curate-recipe", log_prints=True)
-def curate_recipe_flow(recipe: str, data_root: str | None = None, force: bool = False, keep_staging: bool = False) -> dict:
+def curate_recipe_flow(
+    recipe: str, data_root: str | None = None, force: bool = False, keep_staging: bool = False, allow_empty: bool = False
+) -> dict:
     """Deployable entry point (scheduled runs, `curate serve`, `prefect deploy`): curates the
     recipe as ``run_recipe`` does, on the task runner its ``orchestration`` section names.
     ``recipe`` is a path on the machine that runs the flow (relative to its working folder)."""
-    return run_recipe(recipe, data_root=data_root, force=force, keep_staging=keep_staging)
+    return run_recipe(recipe, data_root=data_root, force=force, keep_staging=keep_staging, allow_empty=allow_empty)

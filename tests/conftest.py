@@ -24,12 +24,43 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 SAMPLE_DATA = REPO / "data" / "samples"
 
 
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+EXPECTED_SKIPS = (
+    "vLLM is not installed in this venv",  # these run in .venv-vllm through tests/models/test_vllm_env.py
+    "root can read any file",  # a permission check that cannot fail as root
+)
+"""Skips that CI accepts; any other skip fails a CI run (``pytest_sessionfinish``)."""
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """The real human-labelled sets; tests that need them say so when they are absent."""
+    """The real human-labelled sets; tests that need them say so when they are absent, and
+    fail in CI, where the folder must be there."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"real data not found at {SHARED_DATA} (it sits beside the repo in CI)")
+        message = f"real data not found at {SHARED_DATA} (it sits beside the repo in CI)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
     return SHARED_DATA
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """In CI (``CI=true``), a skip not in ``EXPECTED_SKIPS`` fails the run: a missing tool or
+    data folder must not turn tests into silent passes."""
+    if not IN_CI:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter else []
+    unexpected = []
+    for report in skipped:
+        reason = str(report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr)
+        if not any(ok in reason for ok in EXPECTED_SKIPS):
+            unexpected.append(f"{report.nodeid}: {reason}")
+    if unexpected:
+        reporter.write_line(f"CI: {len(unexpected)} unexpected skip(s), failing the run:", red=True)
+        for line in unexpected:
+            reporter.write_line(f"  {line}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

@@ -62,9 +62,7 @@ def test_a_new_stage_runs_and_publishes_locally(tmp_path: Path, hh_path: Path, w
     result = curate(cfg)
     table = DatasetStore(cfg.data_root).read("spine", "source_counts", version=result.version).to_pylist()
     kept = DatasetStore(cfg.data_root).read("spine", "pairs", version=result.version, columns=["source_dataset"])
-    assert table == [
-        {"source_dataset": name, "len": kept["source_dataset"].to_pylist().count(name)} for name in ("hh-a", "hh-b")
-    ]
+    assert table == [{"source_dataset": name, "len": kept["source_dataset"].to_pylist().count(name)} for name in ("hh-a", "hh-b")]
     # hh-b repeats hh-a's first 40 rows, which dedup drops: the stage saw dedup's output
     assert table[0]["len"] + table[1]["len"] == kept.num_rows < 110
     assert result.funnel["source_counts"] == 2

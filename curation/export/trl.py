@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
@@ -104,8 +105,11 @@ def export_trl(
     _check_columns(schema, keep_columns)
     out_schema = _output_schema(schema, style, keep_columns)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    except OSError as err:
+        raise ExportError(f"cannot create {out}: {err.strerror or err}; choose another --out") from None
     try:
         need_parquet = "parquet" in formats or "hf" in formats
         writers = {s: _SplitWriter(staging, s, out_schema, need_parquet, "jsonl" in formats) for s in SPLITS}
@@ -138,6 +142,7 @@ def export_trl(
             )
             + "\n"
         )
+        staging.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; the export is the user's, as any folder they make
         if out.exists():
             shutil.rmtree(out) if overwrite else out.rmdir()
         staging.rename(out)
@@ -165,10 +170,27 @@ def _check_args(style: str, formats: Sequence[str], test_size: float, keep_colum
 
 
 def _check_out_dir(out: Path, overwrite: bool) -> None:
+    """The export folder can be made here: no file where a folder must be, a writable parent,
+    and an existing folder only if empty (or ``overwrite``). One line each, naming the path."""
     if out.exists() and not out.is_dir():
-        raise ExportError(f"export target {out} is a file, not a folder")
+        raise ExportError(f"export target {out} is a file, not a folder; choose another --out")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ExportError(f"export folder {out} is not empty; pick a new folder or pass overwrite=True to replace it")
+        raise ExportError(f"export folder {out} is not empty; choose a new --out, or pass --overwrite to replace it")
+    parent = out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ExportError(f"cannot create {out}: {parent} is a file, not a folder; choose another --out")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ExportError(f"cannot create {out}: {parent} is not writable by you; choose another --out")
+    if out.is_dir() and not os.access(out, os.W_OK | os.X_OK):
+        raise ExportError(f"cannot replace {out}: it is not writable by you; choose another --out")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _open(pairs: Any) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:

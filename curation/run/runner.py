@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,11 @@ from curation.progress import NoProgress, Progress
 from curation.report.html import write_report
 from curation.report.plots import plt
 from curation.report.summary import version_summary
+from curation.run import accounting
 from curation.run.inputs import find_unchanged
-from curation.run.publish import drop_staging, keep_summary, new_run_dir, publish, report_dir, write_version_report
-from curation.stages.base import StageOutput
-from curation.store.catalog import DatasetStore, VersionInfo
+from curation.run.publish import drop_run, drop_staging, keep_summary, new_run_dir, publish, report_dir, sweep_runs, write_version_report
+from curation.stages.base import Stage, StageOutput
+from curation.store.catalog import AlreadyPublished, DatasetStore, VersionInfo
 
 
 @dataclass
@@ -51,21 +53,52 @@ def upstream_of(stage_name: str, outs: dict[str, Any]) -> dict[str, Any]:
     return {name: out for name, out in outs.items() if name in wanted}
 
 
-def curate(cfg: RunConfig, *, progress: Progress | None = None, force: bool = False, keep_staging: bool = False) -> RunResult:
-    """Run the spine in this process. ``force`` republishes even if nothing changed."""
+OnCurated = Callable[[dict[str, Any], list[str]], None]
+"""Told the funnel of the stages that need no model, and the names of the model stages left."""
+
+
+def first_model_stage(stages: list[Stage]) -> int | None:
+    """Where the curation part of a run ends: the position of its first stage that calls a model
+    (the funnel before it takes seconds; the stages from it on can take minutes)."""
+    return next((i for i, s in enumerate(stages) if s.uses_models), None)
+
+
+def curate(
+    cfg: RunConfig,
+    *,
+    progress: Progress | None = None,
+    force: bool = False,
+    keep_staging: bool = False,
+    on_curated: OnCurated | None = None,
+) -> RunResult:
+    """Run the spine in this process. ``force`` republishes even if nothing changed;
+    ``on_curated`` hears the funnel as soon as the stages before the model stages finished."""
+    sweep_runs(cfg.work_root)  # the folders of runs killed before they finished
     if not force and (same := find_unchanged(cfg, DatasetStore(cfg.data_root))) is not None:
         return unchanged_result(cfg, same)
     check_stages(cfg)
     run_dir = new_run_dir(cfg)
-    outs: dict[str, StageOutput] = {}
-    for stage in spine.active(cfg):
-        outs[stage.name] = stage.run(cfg, run_dir, upstream_of(stage.name, outs), progress or NoProgress())
-    timings = {name: out.seconds for name, out in outs.items()}
-    t0 = time.perf_counter()
-    # the report's plotting library takes ~0.6 s to import: do it while publish waits on DuckDB
-    threading.Thread(target=plt, name="curation-report-import", daemon=True).start()
-    info, funnel = publish(cfg, run_dir, outs)
-    timings["publish"] = time.perf_counter() - t0
+    try:
+        outs: dict[str, StageOutput] = {}
+        stages = spine.active(cfg)
+        boundary = first_model_stage(stages)
+        for i, stage in enumerate(stages):
+            if i == boundary and on_curated is not None and outs:
+                on_curated(accounting.funnel(outs), [s.name for s in stages[i:]])
+            outs[stage.name] = stage.run(cfg, run_dir, upstream_of(stage.name, outs), progress or NoProgress())
+        timings = {name: out.seconds for name, out in outs.items()}
+        t0 = time.perf_counter()
+        # the report's plotting library takes ~0.6 s to import: do it while publish waits on DuckDB
+        threading.Thread(target=plt, name="curation-report-import", daemon=True).start()
+        info, funnel = publish(cfg, run_dir, outs, force=force)
+        timings["publish"] = time.perf_counter() - t0
+    except AlreadyPublished as same:  # an identical run committed first
+        drop_run(run_dir)
+        return unchanged_result(cfg, same.info, raced=True)
+    except BaseException:
+        if not keep_staging:
+            drop_run(run_dir)
+        raise
     return finish_run(cfg, run_dir, info, funnel, timings, keep_staging=keep_staging)
 
 
@@ -80,9 +113,12 @@ def finish_run(
     return RunResult(info.dataset, info.version, False, funnel, timings, str(run_dir), str(out), summary)
 
 
-def unchanged_result(cfg: RunConfig, info: VersionInfo) -> RunResult:
+def unchanged_result(cfg: RunConfig, info: VersionInfo, *, raced: bool = False) -> RunResult:
+    """Nothing to publish: ``info`` was built from this config and these inputs (``raced``: by
+    an identical run that committed while this one ran)."""
     out = report_dir(cfg.data_root, cfg.work_root, info.dataset, info.version)
     if not is_url(cfg.data_root) and not (out / "report.html").is_file():
         # the run that published this version was killed after its commit, before its report
         write_report(version_summary(info, cfg.data_root, info.run_id, info.counts, {}), out)
-    return RunResult(info.dataset, info.version, True, info.counts, {}, "", str(out), {"dataset": info.dataset, "version": info.version})
+    summary = {"dataset": info.dataset, "version": info.version, "raced": raced}
+    return RunResult(info.dataset, info.version, True, info.counts, {}, "", str(out), summary)

@@ -6,8 +6,19 @@ plain views (``pairs``, ``decisions``, ``quarantine``, ...) beside a ``versions`
 so the common question is one short query. ``"NAME@N".pairs`` reads version N of NAME, and
 ``datasets`` lists what is published.
 
-Attached catalogs are private copies (see ``curation.store.catalog``), so a connection held open for
+Attached catalogs are private copies (see ``curation.store.local``), so a connection held open for
 hours never blocks a publish; it simply keeps seeing the versions that existed when it opened.
+
+Read-only, and confined to the datasets' files. A published version must never change, and
+one SQL statement could otherwise ATTACH a catalog and UPDATE it, COPY over a data file or
+read any file the user can. So (1) the input is split into statements by DuckDB's own parser
+and runs only if every statement reads (SELECT, WITH, FROM-first, DESCRIBE, SUMMARIZE, SHOW,
+VALUES, table-valued PRAGMAs, EXPLAIN of a read); anything else is refused before any
+statement runs, naming the statement; (2) the connection itself can then reach only the
+datasets' data files (``allowed_directories`` with ``enable_external_access`` off; the
+catalogs are attached read-only before that), and ``lock_configuration`` keeps any statement
+from undoing it. ``allow_external_reads`` leaves file access on, so a query can join the
+user's own files; statements that write stay refused.
 """
 
 from __future__ import annotations
@@ -15,6 +26,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -22,13 +34,8 @@ import polars
 import pyarrow as pa
 
 from curation.errors import CurationError, DatasetNotFound
-from curation.store.catalog import (
-    NOTHING_PUBLISHED,
-    DatasetStore,
-    VersionInfo,
-    ident,
-    open_duckdb,
-)
+from curation.store.catalog import NOTHING_PUBLISHED, DatasetStore, VersionInfo
+from curation.store.duck import ident, lit, open_duckdb
 
 # "NAME@N" as a quoted identifier in the query text.
 VERSION_REF = re.compile(r'"([a-z0-9][a-z0-9_-]{0,63})@([0-9]+)"')
@@ -79,17 +86,52 @@ def _load(con: duckdb.DuckDBPyConnection, name: str, arrow: pa.Table) -> None:
     con.unregister("_curate_tmp")
 
 
+READ_STATEMENTS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+EXPLAIN_PREFIX = re.compile(r"^\s*EXPLAIN\s+(ANALY[SZ]E\s+)?", re.IGNORECASE)
+
+
+@dataclass
+class Opened:
+    """A confined connection, and which dataset bare table names mean (``others``: the rest)."""
+
+    con: duckdb.DuckDBPyConnection
+    default: str
+    others: list[str]
+    chosen: bool  # the caller named the default dataset
+
+
 def connect(
-    root: str | Path, *, dataset: str | None = None, version: int | None = None, query: str | None = None
+    root: str | Path,
+    *,
+    dataset: str | None = None,
+    version: int | None = None,
+    query: str | None = None,
+    allow_external_reads: bool = False,
 ) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with every published dataset attached read-only.
+    """A read-only DuckDB connection with every published dataset attached, confined to the
+    datasets' files (see the module docstring).
 
     ``dataset`` picks the default dataset (else the only one, else the most recently
     published, with a note on stderr); ``version`` pins it. ``query`` is scanned for
     ``"NAME@N"`` references, which become schemas of views over that version.
     """
+    opened = _open(root, dataset, version, query, allow_external_reads)
+    if not opened.chosen and opened.others:
+        print(_bare_names_note(opened), file=sys.stderr)
+    return opened.con
+
+
+def _bare_names_note(opened: Opened) -> str:
+    return (
+        f"note: bare table names refer to {opened.default!r}, the most recently published dataset "
+        f"(others: {', '.join(opened.others)}); pass --dataset (dataset=) to choose"
+    )
+
+
+def _open(root: str | Path, dataset: str | None, version: int | None, query: str | None, allow_external_reads: bool) -> Opened:
     store = DatasetStore(root)
     con = open_duckdb()
+    chosen = dataset is not None
     try:
         published: dict[str, list[VersionInfo]] = {}
         for name in store.datasets():
@@ -103,12 +145,6 @@ def connect(
         have = ", ".join(published)
         if dataset is None:
             dataset = max(published, key=lambda n: published[n][-1].created_at)
-            if len(published) > 1:
-                print(
-                    f"note: bare table names refer to {dataset!r}, the most recently published "
-                    f"dataset (others: {', '.join(n for n in published if n != dataset)}); pass dataset= to choose",
-                    file=sys.stderr,
-                )
         elif dataset not in published:
             store.check_name(dataset)  # an invalid name is a ConfigError, not "not found"
             raise DatasetNotFound(f"no published dataset named {dataset!r} under {store.root}; published: {have}")
@@ -120,7 +156,12 @@ def connect(
                 raise DatasetNotFound(f'"{name}@{number}": no published dataset named {name!r}; published: {have}')
             con.execute(f"CREATE SCHEMA {ident(f'{name}@{number}')}")
             _views(con, f"{name}@{number}", store.pick(published[name], name, int(number)))
-        return con
+        if not allow_external_reads:
+            dirs = [str(store.data_path(name)).rstrip("/") + "/" for name in published]
+            con.execute(f"SET allowed_directories = [{', '.join(lit(d) for d in dirs)}]")
+            con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+        return Opened(con, dataset, [n for n in published if n != dataset], chosen)
     except duckdb.Error as err:
         con.close()
         raise CurationError(str(err)) from None
@@ -129,24 +170,99 @@ def connect(
         raise
 
 
-def _run(query: str, root: str | Path, dataset: str | None, version: int | None) -> pa.Table:
-    con = connect(root, dataset=dataset, version=version, query=query)
+def read_statements(con: duckdb.DuckDBPyConnection, query: str) -> list[str]:
+    """The statements of ``query`` (DuckDB's parser, on the confined connection), or a
+    CurationError naming the first that would not only read."""
     try:
-        result = con.execute(query)
-        if result.description is None:  # a statement with no result set
+        statements = con.extract_statements(query)
+    except duckdb.Error as err:  # a syntax error, or IMPORT DATABASE, which reads files as it parses
+        raise CurationError(f"curate sql could not take the query apart: {_one_line(err, True)}; nothing was run") from None
+    if not statements:
+        raise CurationError("no SQL statement given")
+    texts = []
+    for i, statement in enumerate(statements, start=1):
+        kind = statement.type
+        text = statement.query.strip()
+        if kind == duckdb.StatementType.EXPLAIN:  # EXPLAIN ANALYZE runs what it explains
+            inner = read_statements(con, EXPLAIN_PREFIX.sub("", text, count=1)) if EXPLAIN_PREFIX.match(text) else []
+            if len(inner) != 1:
+                raise CurationError(
+                    f"curate sql only reads: statement {i} ({_head(text)}) explains something it cannot check; nothing was run"
+                )
+        elif kind not in READ_STATEMENTS:
+            raise CurationError(
+                f"curate sql only reads: statement {i} is {kind.name} ({_head(text)}), which would change data, files or "
+                "settings; nothing was run. Published versions never change: publish a new one with curate run."
+            )
+        texts.append(text)
+    return texts
+
+
+def _head(text: str) -> str:
+    one = " ".join(text.split())
+    return one if len(one) <= 60 else one[:57] + "..."
+
+
+def _bare_names(con: duckdb.DuckDBPyConnection, statements: list[str], names: set[str]) -> bool:
+    """Whether a statement reads a table by a bare name (the default dataset's)."""
+    for text in statements:
+        try:
+            tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [text]).fetchone()[0])
+        except (duckdb.Error, TypeError, ValueError):
+            return True  # cannot tell: say it
+        stack = [tree]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, dict):
+                if node.get("type") == "BASE_TABLE" and not node.get("schema_name") and node.get("table_name") in names:
+                    return True
+                stack.extend(node.values())
+            elif isinstance(node, list):
+                stack.extend(node)
+    return False
+
+
+def _run(query: str, root: str | Path, dataset: str | None, version: int | None, allow_external_reads: bool) -> pa.Table:
+    opened = _open(root, dataset, version, query, allow_external_reads)
+    con = opened.con
+    try:
+        statements = read_statements(con, query)
+        if not opened.chosen and opened.others:
+            bare = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = 'memory'").fetchall()}
+            bare |= {
+                r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE database_name = 'memory' AND NOT internal").fetchall()
+            }
+            if _bare_names(con, statements, bare):
+                print(_bare_names_note(opened), file=sys.stderr)
+        result = None
+        for text in statements:
+            result = con.execute(text)
+        if result is None or result.description is None:  # a statement with no result set
             return pa.table({})
         return result.to_arrow_table()
     except duckdb.Error as err:
-        raise CurationError(str(err)) from None
+        raise CurationError(_one_line(err, allow_external_reads)) from None
     finally:
         con.close()
 
 
-def sql_arrow(query: str, root: str | Path, *, dataset: str | None = None, version: int | None = None) -> pa.Table:
-    """Run one query over the published datasets; the result as an Arrow table."""
-    return _run(query, root, dataset, version)
+def _one_line(err: duckdb.Error, external: bool) -> str:
+    """DuckDB's message without the query echo it appends (``LINE 1: ...`` and a caret)."""
+    message = " ".join(str(err).split("\nLINE ")[0].split())
+    if isinstance(err, duckdb.PermissionException) and not external:
+        message += " (curate sql reads only the published datasets' files; --allow-external-reads lets a query read files of your own)"
+    return message
 
 
-def sql(query: str, root: str | Path, *, dataset: str | None = None, version: int | None = None) -> polars.DataFrame:
-    """Run one query over the published datasets; the result as a polars DataFrame."""
-    return polars.from_arrow(_run(query, root, dataset, version))
+def sql_arrow(
+    query: str, root: str | Path, *, dataset: str | None = None, version: int | None = None, allow_external_reads: bool = False
+) -> pa.Table:
+    """Run read-only SQL over the published datasets; the last statement's result as Arrow."""
+    return _run(query, root, dataset, version, allow_external_reads)
+
+
+def sql(
+    query: str, root: str | Path, *, dataset: str | None = None, version: int | None = None, allow_external_reads: bool = False
+) -> polars.DataFrame:
+    """Run read-only SQL over the published datasets; the last statement's result as polars."""
+    return polars.from_arrow(_run(query, root, dataset, version, allow_external_reads))

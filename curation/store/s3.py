@@ -6,7 +6,7 @@ through its ``httpfs`` extension (loaded offline from the pip package, like Duck
 query streams Parquet straight from the bucket. boto3 moves the small catalog object,
 because only it exposes S3's *conditional writes* (``If-None-Match: *`` to create,
 ``If-Match: ETAG`` to replace), which is what lets many machines publish to one dataset
-without a lock server (see ``curation.store.catalog``).
+without a lock server (see ``curation.store.object_store``).
 
 Credentials are resolved once, by boto3's usual chain (``AWS_ACCESS_KEY_ID`` /
 ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``, a profile, an instance role), and the
@@ -25,6 +25,7 @@ import hashlib
 import os
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,13 +150,13 @@ def _lit(s: str) -> str:
 def configure_duckdb(con: duckdb.DuckDBPyConnection, root: S3Root) -> None:
     """Load httpfs (offline first) and give the database an in-memory secret for the bucket.
 
-    The secret is scoped to the bucket and named by a hash of the settings, so a changed
+    The secret is scoped to the data root (bucket and prefix) and named by a hash of the settings, so a changed
     environment (new credentials, another endpoint) replaces it and an unchanged one costs
     one catalog lookup. Serialised in the process: two cursors of one database creating the
     same secret at once would conflict.
     """
     _, s = _client_and_settings()
-    scope = f"s3://{root.bucket}/"
+    scope = root.url() + "/"  # the data root, not the whole bucket
     stem = f"curate_s3_{hashlib.sha256(scope.encode()).hexdigest()[:8]}_"
     name = stem + s.fingerprint()
     with _DUCKDB_GUARD:
@@ -203,14 +204,46 @@ def _load_httpfs(con: duckdb.DuckDBPyConnection) -> None:
 
 # -- object calls -------------------------------------------------------------------------------
 
-
-def _error(err: Exception, what: str) -> CurationError:
-    """botocore's messages name the operation and the error code, never the credentials."""
-    return CurationError(f"object store: {what} failed: {err}")
+# Error codes the callers expect rather than fail on (S3, and S3-compatible servers, differ).
+NOT_FOUND = ("NoSuchKey", "404", "NotFound")
+# Another writer got there first: HTTP 412, or 409 for a concurrent conditional write.
+LOST_RACE = ("PreconditionFailed", "ConditionalRequestConflict", "412", "409")
 
 
 def _code(err: Exception) -> str | None:
     return getattr(err, "response", {}).get("Error", {}).get("Code")
+
+
+@contextmanager
+def _translated(what: str, expected: tuple[str, ...] = ()) -> Iterator[None]:
+    """Turn boto3/botocore errors in the block into a ``CurationError`` saying ``what`` failed.
+
+    botocore's messages name the operation and the error code, never the credentials, so
+    they are kept. A ``ClientError`` whose code is in ``expected`` is swallowed instead: the
+    caller goes on after the block (say, to return None for a missing object).
+    """
+    from botocore.exceptions import ClientError
+
+    try:
+        yield
+    except ClientError as err:
+        if _code(err) in expected:
+            return
+        raise CurationError(f"object store: {what} failed: {err}") from None
+    except _other_errors() as err:
+        raise CurationError(f"object store: {what} failed: {err}") from None
+
+
+def _other_errors() -> tuple[type[Exception], ...]:
+    """What boto3 and botocore raise besides ``ClientError``: boto3's own (its transfers)
+    only when it is installed; without it there is no client, and ``Bucket.client`` says so."""
+    from botocore.exceptions import BotoCoreError
+
+    try:
+        from boto3.exceptions import Boto3Error
+    except ImportError:
+        return (BotoCoreError,)
+    return (BotoCoreError, Boto3Error)
 
 
 class Bucket:
@@ -223,19 +256,15 @@ class Bucket:
     def client(self) -> Any:
         return _client_and_settings()[0]
 
+    def _url(self, key: str) -> str:
+        return f"s3://{self.root.bucket}/{key}"
+
     def get(self, key: str) -> tuple[bytes, str] | None:
         """An object's bytes and ETag, or None when it does not exist."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
+        with _translated(f"reading {self._url(key)}", NOT_FOUND):
             r = self.client.get_object(Bucket=self.root.bucket, Key=key)
             return r["Body"].read(), r["ETag"]
-        except ClientError as err:
-            if _code(err) in ("NoSuchKey", "404", "NotFound"):
-                return None
-            raise _error(err, f"reading s3://{self.root.bucket}/{key}") from None
-        except BotoCoreError as err:
-            raise _error(err, f"reading s3://{self.root.bucket}/{key}") from None
+        return None
 
     def put_if(self, key: str, body: bytes, etag: str | None) -> bool:
         """Write ``body`` only if the object still has ``etag`` (None: only if it does not exist).
@@ -243,50 +272,26 @@ class Bucket:
         False when another writer got there first (HTTP 412, or 409 for a concurrent
         conditional write); S3 applies the condition and the write atomically.
         """
-        from botocore.exceptions import BotoCoreError, ClientError
-
         cond = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
-        try:
+        with _translated(f"writing {self._url(key)}", LOST_RACE):
             self.client.put_object(Bucket=self.root.bucket, Key=key, Body=body, **cond)
             return True
-        except ClientError as err:
-            if _code(err) in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
-                return False
-            raise _error(err, f"writing s3://{self.root.bucket}/{key}") from None
-        except BotoCoreError as err:
-            raise _error(err, f"writing s3://{self.root.bucket}/{key}") from None
+        return False
 
     def upload(self, path: Path, key: str) -> None:
         """A local file to ``key`` (multipart for big files)."""
-        from boto3.exceptions import Boto3Error
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
+        with _translated(f"uploading {path} to {self._url(key)}"):
             self.client.upload_file(str(path), self.root.bucket, key)
-        except (ClientError, BotoCoreError, Boto3Error) as err:
-            raise _error(err, f"uploading {path} to s3://{self.root.bucket}/{key}") from None
 
     def download(self, key: str, path: Path) -> None:
-        from boto3.exceptions import Boto3Error
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
+        with _translated(f"downloading {self._url(key)}"):
             self.client.download_file(self.root.bucket, key, str(path))
-        except (ClientError, BotoCoreError, Boto3Error) as err:
-            raise _error(err, f"downloading s3://{self.root.bucket}/{key}") from None
 
     def exists(self, key: str) -> bool:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
+        with _translated(f"checking {self._url(key)}", NOT_FOUND):
             self.client.head_object(Bucket=self.root.bucket, Key=key)
             return True
-        except ClientError as err:
-            if _code(err) in ("NoSuchKey", "404", "NotFound"):
-                return False
-            raise _error(err, f"checking s3://{self.root.bucket}/{key}") from None
-        except BotoCoreError as err:
-            raise _error(err, f"checking s3://{self.root.bucket}/{key}") from None
+        return False
 
     def keys(self, prefix: str, *, limit: int | None = None) -> Iterator[str]:
         """Keys that start with ``prefix``, in key order."""
@@ -294,39 +299,27 @@ class Bucket:
 
     def folders(self, prefix: str) -> list[str]:
         """Names of the 'folders' directly under ``prefix/``."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
         prefix = prefix.rstrip("/") + "/"
         out: list[str] = []
-        try:
+        with _translated(f"listing {self._url(prefix)}"):
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.root.bucket, Prefix=prefix, Delimiter="/"):
                 out += [p["Prefix"][len(prefix) :].rstrip("/") for p in page.get("CommonPrefixes", [])]
-        except (ClientError, BotoCoreError) as err:
-            raise _error(err, f"listing s3://{self.root.bucket}/{prefix}") from None
         return out
 
     def _list(self, prefix: str, *, limit: int | None = None) -> Iterator[tuple[str, int]]:
-        from botocore.exceptions import BotoCoreError, ClientError
-
         args: dict[str, Any] = {"Bucket": self.root.bucket, "Prefix": prefix}
         if limit:
             args["PaginationConfig"] = {"MaxItems": limit}
-        try:
+        with _translated(f"listing {self._url(prefix)}"):
             for page in self.client.get_paginator("list_objects_v2").paginate(**args):
                 for obj in page.get("Contents", []):
                     yield obj["Key"], obj["Size"]
-        except (ClientError, BotoCoreError) as err:
-            raise _error(err, f"listing s3://{self.root.bucket}/{prefix}") from None
 
     def delete(self, keys: list[str]) -> None:
         """Best effort: used to clean up after a failed publish."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
         for i in range(0, len(keys), 1000):
-            try:
+            with suppress(CurationError), _translated(f"deleting in s3://{self.root.bucket}"):
                 self.client.delete_objects(Bucket=self.root.bucket, Delete={"Objects": [{"Key": k} for k in keys[i : i + 1000]]})
-            except (ClientError, BotoCoreError):
-                pass
 
 
 def pack(data: bytes) -> bytes:

@@ -184,7 +184,7 @@ def test_out_dir_and_arguments(hh_table: pa.Table, tmp_path: Path) -> None:
     out = tmp_path / "o"
     out.mkdir()  # an existing empty folder is fine
     export_trl(small, out, formats=["parquet"])
-    with pytest.raises(ExportError, match="overwrite=True"):
+    with pytest.raises(ExportError, match="--overwrite"):
         export_trl(small, out, formats=["parquet"])
     res = export_trl(small, out, formats=["jsonl"], overwrite=True, keep_columns=("pair_id", "source_row"))
     assert sorted(p.name for p in out.iterdir()) == ["export_info.json", "test.jsonl", "train.jsonl"]

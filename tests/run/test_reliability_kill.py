@@ -44,7 +44,8 @@ from curation.config import load_config
 from curation.run.runner import curate
 from curation.stages.generate import stage as generation
 from curation.stages.label.cache import cache_root
-from curation.store.catalog import DatasetStore, open_duckdb
+from curation.store.catalog import DatasetStore
+from curation.store.duck import open_duckdb
 from tests.store.test_catalog import META, pairs_table
 from tests.support.killable import PHASES, Zygote, last_phase, read_marks
 from tests.support.openai_stub import OpenAIStub
@@ -194,6 +195,7 @@ def light_reruns(monkeypatch: pytest.MonkeyPatch) -> None:
     rerun on a loaded machine; the reference run gets the same treatment, so comparisons stay
     like for like. Whether and when a report is written is still the pipeline's own logic.
     The killed children run the unpatched pipeline, real report included."""
+    import curation.run.publish as publishing
     import curation.run.runner as pipeline
 
     def summary_only(summary: dict[str, Any], out: Path) -> Path:
@@ -203,6 +205,7 @@ def light_reruns(monkeypatch: pytest.MonkeyPatch) -> None:
         return out / "report.html"
 
     monkeypatch.setattr(pipeline, "write_report", summary_only)
+    monkeypatch.setattr(publishing, "write_report", summary_only)
     monkeypatch.setattr(generation, "measure_diversity", lambda *args, **kwargs: {})
 
 
@@ -253,15 +256,27 @@ def test_kill_during_publish_at_random_moments(tmp_path: Path, zygote: Zygote, l
             assert not after_kill or phase == "locked", f"seed {seed}: killed at {phase!r} yet a version is visible"
         reports_missing += bool(after_kill) and not report_exists(root)
 
+        left = [d for d in (root / "runs").iterdir() if not (d / "summary.json").exists()]
+        staged = sorted((root / "datasets" / DATASET / "files").rglob("*.parquet")) if (root / "datasets").exists() else []
         result = curate(load_config(recipe, data_root=str(root)))
         unchanged += result.unchanged
         assert report_exists(root), f"seed {seed}: v1 has no report after the rerun"
-        orphans += len(DatasetStore(root).cleanup_orphans(DATASET, older_than_s=0))
-        check_recovered(root, reference)  # and cleaning orphans never touched a version's files
+        # the rerun removed what the kill left: the dead run's folder, an uncommitted publish's files
+        assert not any(d.exists() for d in left) and all((d / "summary.json").exists() for d in (root / "runs").iterdir())
+        store = DatasetStore(root)
+        recorded = {f["path"] for v in store.versions(DATASET) for fs in v.files.values() for f in fs}
+        on_disk = {
+            str(f.relative_to(root / "datasets" / DATASET / "files")) for f in (root / "datasets" / DATASET / "files").rglob("*.parquet")
+        }
+        assert on_disk == recorded, f"seed {seed}: files no version records: {sorted(on_disk - recorded)}"
+        orphans += len([f for f in staged if not f.exists()])
+        assert store.cleanup_orphans(DATASET, older_than_s=0) == []
+        assert [store.verify(DATASET, v.version)["problems"] for v in store.versions(DATASET)] == [[]] * len(store.versions(DATASET))
+        check_recovered(root, reference)
     seconds = time.monotonic() - t0
     print(
         f"\npublish kills: {len(SEEDS)} seeds in {seconds:.1f} s, window {window:.2f} s; kill points {dict(phases)}; "
-        f"reruns that found the killed run's version complete: {unchanged}; orphan files cleaned: {orphans}; "
+        f"reruns that found the killed run's version complete: {unchanged}; killed publishes' files the rerun removed: {orphans}; "
         f"kills that left a version without its report (written by the rerun): {reports_missing}"
     )
     assert len(phases) >= 3, f"kills should land in several phases of publishing, got {dict(phases)}"
@@ -474,3 +489,100 @@ def test_a_version_whose_report_was_never_written_gets_it_on_the_rerun(tmp_path:
     assert again.unchanged and again.version == 1 and report_exists(root)
     summary = json.loads((Path(again.report_dir) / "summary.json").read_text())
     assert summary["funnel"] == first.funnel and summary["version"] == 1
+
+
+def test_a_killed_flow_run_leaves_no_server_and_its_folder_goes_with_the_next_run(tmp_path: Path, hh_path: Path) -> None:
+    """``curate run`` (a Prefect flow, Prefect's temporary API server as a child process) is
+    killed with SIGKILL after a stage finished: the server exits with it, and the next run
+    removes the dead run's folder before it starts its own."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.helpers import write_recipe
+
+    sources = [{"name": "hh", "path": str(hh_path), "adapter": "hh_rlhf", "limit": 300}]
+    label = {"labelers": [{"name": "bt", "kind": "bt_ensemble", "members": 2}]}  # a few seconds to kill it in
+    recipe = write_recipe(tmp_path, sources, dataset="killed-flow", label=label)
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1"}
+    log = (tmp_path / "run.log").open("w")
+    run = subprocess.Popen(
+        [sys.executable, "-m", "curate.cli", "run", str(recipe)], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+
+    def servers() -> list[str]:
+        out = subprocess.run(["pgrep", "-af", f"flows.ephemeral --parent {run.pid}"], capture_output=True, text=True).stdout
+        return [line for line in out.splitlines() if "pgrep" not in line]
+
+    deadline = time.monotonic() + 120
+    while "dedup: done" not in (tmp_path / "run.log").read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "dedup: done" in (tmp_path / "run.log").read_text(), (tmp_path / "run.log").read_text()
+    assert len(servers()) == 1  # the run's own temporary server, started through flows.ephemeral
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    deadline = time.monotonic() + 15
+    while servers() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert servers() == []
+    runs = tmp_path / "root" / "runs"
+    dead = [d for d in runs.iterdir() if not (d / "summary.json").exists()]
+    assert len(dead) == 1 and any(dead[0].iterdir())  # what the kill left: the run's staged files
+    rerun = subprocess.run(
+        [sys.executable, "-m", "curate.cli", "run", str(recipe), "--local"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    assert not dead[0].exists() and all((d / "summary.json").exists() for d in runs.iterdir())
+
+
+@pytest.mark.parametrize("mode", [["--local"], []], ids=["local", "flow"])
+def test_two_identical_runs_started_together_publish_one_version(tmp_path: Path, hh_path: Path, mode: list[str]) -> None:
+    """The unchanged check is made again inside the commit, under the dataset's lock: the run
+    that commits second finds the first one's version and publishes nothing."""
+    import subprocess
+    import sys
+
+    from tests.helpers import write_recipe
+
+    recipe = write_recipe(tmp_path, [{"name": "hh", "path": str(hh_path), "adapter": "hh_rlhf", "limit": 600}], dataset="twice")
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1"}
+    args = [sys.executable, "-m", "curate.cli", "run", str(recipe), *mode]
+    runs = [subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [r.communicate(timeout=600) for r in runs]
+    assert [r.returncode for r in runs] == [0, 0], outs
+    assert [v.version for v in DatasetStore(tmp_path / "root").versions("twice")] == [1]
+    said = sorted("nothing to do" in out for out, _ in outs)
+    assert said == [False, True], [out[-500:] for out, _ in outs]
+    runs_left = list((tmp_path / "root" / "runs").iterdir())
+    assert len(runs_left) == 1 and (runs_left[0] / "summary.json").exists()  # the loser's run folder is gone
+    files = tmp_path / "root" / "datasets" / "twice" / "files"
+    recorded = {f["path"] for fs in DatasetStore(tmp_path / "root").version("twice").files.values() for f in fs}
+    assert {str(f.relative_to(files)) for f in files.rglob("*.parquet")} == recorded  # the loser's staged files are gone
+
+
+def test_the_unchanged_check_inside_the_commit_stops_the_second_of_two_racing_runs(
+    tmp_path: Path, hh_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both runs get past the check before any work (nothing is published yet) and reach the
+    commit together (a barrier holds each just before it): the one that commits second finds
+    the first one's version under the lock and publishes nothing."""
+    import curation.run.publish as publishing
+    from tests.helpers import recipe_config
+
+    cfg = recipe_config(tmp_path, [{"name": "hh", "path": str(hh_path), "adapter": "hh_rlhf", "limit": 200}], dataset="race")
+    barrier = threading.Barrier(2, timeout=120)
+    real = publishing.commit_version
+
+    def together(*args: Any, **kwargs: Any) -> Any:
+        barrier.wait()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(publishing, "commit_version", together)
+    results: list[Any] = []
+    threads = [threading.Thread(target=lambda: results.append(curate(cfg.model_copy(deep=True)))) for _ in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=300)
+    assert sorted((r.unchanged, r.summary.get("raced", False)) for r in results) == [(False, False), (True, True)]
+    assert [v.version for v in DatasetStore(cfg.data_root).versions("race")] == [1]

@@ -384,10 +384,13 @@ def test_kill_during_staging_of_large_table(tmp_path: Path) -> None:
     assert proc.poll() is None, f"publish finished before the kill: {proc.communicate()}"
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
-    assert len(list(pairs_dir.glob("staged-*/*.parquet"))) >= 2  # the partial file is an orphan
-    _after_kill(store)
-    removed = store.cleanup_orphans("hh", older_than_s=0)
-    assert len(removed) >= 1 and store.read("hh", "pairs", version=1).num_rows == 100
+    killed = set(pairs_dir.glob("staged-*/*.parquet")) - {
+        tmp_path / "datasets/hh/files" / f["path"] for f in store.version("hh").files["pairs"]
+    }
+    assert killed  # the partial file is an orphan
+    _after_kill(store)  # the next publish removed it: its folder names a process that is gone
+    assert not any(f.exists() for f in killed) and store.cleanup_orphans("hh", older_than_s=0) == []
+    assert store.read("hh", "pairs", version=1).num_rows == 100 and store.verify("hh", 1)["problems"] == []
 
 
 def test_kill_inside_catalog_transaction(tmp_path: Path) -> None:
@@ -424,7 +427,8 @@ def test_a_first_publish_dying_while_the_catalog_is_created_leaves_no_catalog(tm
 def test_footers_rule_out_nulls_only_when_no_guarded_column_counts_one(tmp_path: Path) -> None:
     """The publish check skips its scan only on proof from the footers: a null or an empty
     list under a non-nullable field (or missing statistics) sends it to the scan."""
-    from curation.store.catalog import _footers_rule_out_nulls, _null_predicates, ident
+    from curation.store.contract import _footers_rule_out_nulls, _null_predicates
+    from curation.store.duck import ident
 
     contract = arrow_schema("pairs")
     guarded = {f.name for f in contract if _null_predicates(ident(f.name), f)}
@@ -447,3 +451,48 @@ def test_footers_rule_out_nulls_only_when_no_guarded_column_counts_one(tmp_path:
     scores_only[1]["chosen_score"] = None  # a nullable field's nulls do not matter
     pq.write_table(pa.Table.from_pylist(scores_only, schema=contract), tmp_path / "scores.parquet")
     assert _footers_rule_out_nulls([tmp_path / "scores.parquet"], guarded)
+
+
+# --------------------------------------------------------------------------- a version never changes
+
+
+def test_verify_names_every_changed_or_missing_file_and_files_are_read_only(tmp_path: Path) -> None:
+    import stat
+    import subprocess
+    import sys
+
+    store = DatasetStore(tmp_path)
+    store.publish("hh", {"pairs": pairs_table(range(50)), "decisions": decisions_table(range(50))}, **META)
+    store.publish("hh", {"pairs": pairs_table(range(60)), "decisions": decisions_table(range(60))}, **META)
+    info = store.version("hh", 1)
+    assert set(info.files) == {"pairs", "decisions"} and all(
+        f["bytes"] > 0 and len(f["sha256"]) == 64 for fs in info.files.values() for f in fs
+    )
+    files = [tmp_path / "datasets" / "hh" / "files" / f["path"] for fs in info.files.values() for f in fs]
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o444 for p in files)
+    assert store.verify("hh", 1) == {
+        "ref": "hh@1",
+        "recorded": True,
+        "files": len(files),
+        "bytes": sum(p.stat().st_size for p in files),
+        "problems": [],
+    }
+
+    def cli(ref: str) -> subprocess.CompletedProcess:
+        args = [sys.executable, "-m", "curate.cli", "datasets", "verify", ref, "--data-root", str(tmp_path)]
+        return subprocess.run(args, capture_output=True, text=True, timeout=120)
+
+    assert cli("hh@1").returncode == 0 and "are as published" in cli("hh@1").stdout
+    changed, missing = files
+    changed.chmod(0o644)
+    data = bytearray(changed.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte, same size
+    changed.write_bytes(bytes(data))
+    missing.unlink()
+    problems = store.verify("hh", 1)["problems"]
+    assert len(problems) == 2
+    assert problems[0].startswith(f"changed: {changed.relative_to(tmp_path / 'datasets' / 'hh' / 'files')} (table pairs)")
+    assert problems[1] == f"missing: {missing.relative_to(tmp_path / 'datasets' / 'hh' / 'files')} (table decisions)"
+    proc = cli("hh@1")
+    assert proc.returncode == 1 and "changed:" in proc.stderr and "missing:" in proc.stderr and "2 of 2 data files differ" in proc.stderr
+    assert store.verify("hh", 2)["problems"] == [] and cli("hh").returncode == 0  # the other version is untouched

@@ -28,7 +28,8 @@ import curation.store.catalog as store_module
 from curation.config import load_config
 from curation.errors import ConfigError, CurationError, DatasetNotFound
 from curation.run.runner import curate
-from curation.store.catalog import DatasetBusy, DatasetStore, schema_string
+from curation.store.catalog import DatasetBusy, DatasetStore
+from curation.store.contract import schema_string
 from curation.store.query import sql
 from schemas import arrow_schema
 from tests.helpers import write_recipe
@@ -350,3 +351,21 @@ def test_bad_urls_and_unreachable_buckets_say_what_is_wrong(s3: S3Server) -> Non
     with pytest.raises(CurationError, match="NoSuchBucket") as publishing:
         nowhere.publish("hh", {"things": pa.table({"x": [1]})}, **META)
     assert_no_credentials(str(listing.value), str(publishing.value))
+
+
+def test_sql_on_a_bucket_reads_only_the_datasets_and_writes_nothing(s3: S3Server, root: str) -> None:
+    """The same confinement as on a local root: statements that write are refused, and reads
+    reach only the datasets' files under the root (not the rest of the bucket)."""
+    store = DatasetStore(root)
+    store.publish("hh", {"pairs": pairs_table(range(30))}, **META)
+    bucket = root.removeprefix("s3://").split("/")[0]
+    s3.client().put_object(Bucket=bucket, Key="elsewhere/secret.csv", Body=b"a,b\n1,2\n")
+    before = {k: v for k, v in objects(s3, root).items() if not k.endswith(".gz")}
+    assert sql("SELECT count(*) AS n FROM pairs", root)["n"][0] == 30
+    for attack in (f"COPY pairs TO '{root}/datasets/hh/files/x.parquet'", f"COPY pairs TO 's3://{bucket}/elsewhere/out.csv'"):
+        with pytest.raises(CurationError, match="statement 1 is COPY"):
+            sql(attack, root)
+    with pytest.raises(CurationError, match="disabled by configuration"):
+        sql(f"SELECT * FROM read_csv('s3://{bucket}/elsewhere/secret.csv')", root)
+    assert {k: v for k, v in objects(s3, root).items() if not k.endswith(".gz")} == before
+    assert store.verify("hh")["problems"] == [] and store.verify("hh")["recorded"]

@@ -94,3 +94,95 @@ def test_open_connection_does_not_block_publish(tmp_path: Path) -> None:
     finally:
         con.close()
     assert query.sql("SELECT count(*) AS n FROM pairs", tmp_path)["n"][0] == 30
+
+
+# --------------------------------------------------------------------------- read-only and confined
+
+
+def _fingerprint(root: Path) -> dict[str, tuple[int, int, int]]:
+    """Every file under the data root: (size, mtime_ns, inode); catalogs included."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns, p.stat().st_ino) for p in root.rglob("*") if p.is_file()}
+
+
+ATTACKS = {
+    "update through an attached catalog": "ATTACH '{catalog}' AS c; UPDATE c.pairs SET pair_id = 'x'",
+    "the catalog attached read-write": "ATTACH '{catalog}' AS c",
+    "DuckLake attach that adds a snapshot": "ATTACH 'ducklake:{catalog}' AS l; CREATE TABLE l.t AS SELECT 1",
+    "copy over a version's data file": "COPY (SELECT 1 AS a) TO '{datafile}' (FORMAT parquet)",
+    "copy to a file of one's own": "COPY pairs TO '{tmp}/out.csv'",
+    "a read then a drop": "SELECT 1; DROP VIEW pairs",
+    "a create": "CREATE TABLE mine AS SELECT * FROM pairs",
+    "an insert": "INSERT INTO versions SELECT * FROM versions",
+    "undo the confinement": "SET enable_external_access = true",
+    "a pragma that sets": "PRAGMA threads=1",
+    "install an extension": "INSTALL httpfs",
+    "load an extension": "LOAD httpfs",
+    "export everything": "EXPORT DATABASE '{tmp}/dump'",
+    "import a dump": "IMPORT DATABASE '{tmp}/dump'",
+    "a call": "CALL ducklake_snapshots('hh')",
+    "explain analyze of a write": "EXPLAIN ANALYZE CREATE TABLE t AS SELECT 1",
+    "a transaction": "BEGIN",
+    "a checkpoint": "CHECKPOINT",
+    "a macro": "CREATE MACRO m(a) AS a",
+    "a secret": "CREATE SECRET s (TYPE s3, KEY_ID 'k', SECRET 's')",
+}
+READS_OUTSIDE = {
+    "a system file": "SELECT * FROM read_text('/etc/passwd')",
+    "a file of one's own": "SELECT * FROM read_csv('{tmp}/mine.csv')",
+    "a glob outside": "SELECT * FROM glob('/tmp/*')",
+    "the catalog file": "SELECT * FROM read_blob('{catalog}')",
+}
+
+
+@pytest.mark.parametrize("what", [*ATTACKS, *READS_OUTSIDE])
+def test_sql_cannot_change_a_version_or_read_outside_the_datasets(root: Path, tmp_path: Path, what: str) -> None:
+    (tmp_path / "mine.csv").write_text("a,b\n1,2\n")
+    store = DatasetStore(root)
+    datafile = next((root / "datasets" / "hh" / "files").rglob("*.parquet"))
+    sql = {**ATTACKS, **READS_OUTSIDE}[what].format(catalog=root / "datasets" / "hh" / "catalog.ducklake", datafile=datafile, tmp=tmp_path)
+    before, checks = _fingerprint(root), [store.verify("hh", v)["problems"] for v in (1, 2, 3)]
+    pairs = query.sql("SELECT count(*) AS n FROM hh.pairs", root)["n"][0]
+    with pytest.raises(CurationError) as err:
+        query.sql(sql, root)
+    message = str(err.value)
+    assert "\n" not in message
+    if what in ATTACKS:
+        assert message.startswith("curate sql") and "nothing was run" in message
+    else:
+        assert "disabled by configuration" in message and "--allow-external-reads" in message
+    assert _fingerprint(root) == before and [store.verify("hh", v)["problems"] for v in (1, 2, 3)] == checks == [[], [], []]
+    assert query.sql("SELECT count(*) AS n FROM hh.pairs", root)["n"][0] == pairs
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.csv"]  # nothing written outside either
+
+
+def test_reads_of_every_kind_still_work(root: Path) -> None:
+    for sql in (
+        "WITH x AS (SELECT * FROM hh.pairs) SELECT count(*) FROM x",
+        "FROM hh.pairs SELECT count(*)",
+        "DESCRIBE hh.pairs",
+        "SUMMARIZE SELECT source_row FROM hh.pairs",
+        "SHOW TABLES",
+        "PRAGMA table_info('pairs')",
+        "VALUES (1), (2)",
+        "EXPLAIN SELECT count(*) FROM pairs",
+        "EXPLAIN ANALYZE SELECT count(*) FROM pairs",
+        "SELECT 1 AS a; SELECT 2 AS b",
+    ):
+        assert query.sql(sql, root, dataset="hh").height >= 1, sql
+    assert query.sql("SELECT 1 AS a; SELECT 2 AS b", root)["b"].to_list() == [2]  # the last statement's result
+
+
+def test_external_reads_can_be_allowed_but_writes_never(root: Path, tmp_path: Path) -> None:
+    (tmp_path / "mine.csv").write_text("pair_id,note\nx,hello\n")
+    got = query.sql(f"SELECT note FROM read_csv('{tmp_path}/mine.csv')", root, allow_external_reads=True)
+    assert got["note"].to_list() == ["hello"]
+    with pytest.raises(CurationError, match="statement 1 is COPY"):
+        query.sql(f"COPY (SELECT 1) TO '{tmp_path}/out.csv'", root, allow_external_reads=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.csv"]
+
+
+def test_the_bare_names_note_only_when_a_bare_name_is_read(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    query.sql("SELECT count(*) FROM hh.pairs", root)
+    assert "bare table names" not in capsys.readouterr().err
+    query.sql("WITH x AS (SELECT 1) SELECT (SELECT count(*) FROM decisions) FROM x", root)
+    assert "bare table names refer to 'hh-small'" in capsys.readouterr().err

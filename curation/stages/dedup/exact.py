@@ -1,6 +1,7 @@
 """Exact dedup of pairs on normalised text, vectorised with Polars.
 
-Normalised text: Unicode NFKC, whitespace runs collapsed to one space, trimmed, lower-cased,
+Normalised text: invisible characters removed (``curation.text``: zero-width spaces, NULs, a
+stray BOM...), Unicode NFKC, whitespace runs collapsed to one space, trimmed, lower-cased,
 per message with its role. The first occurrence wins (sources in recipe order, rows in file
 order), so the result is deterministic.
 
@@ -10,8 +11,10 @@ few threads, and a pair whose key an earlier pair had is a duplicate. A 64-bit k
 with probability about n^2 / 2^65 (3e-8 at a million pairs).
 
 Normalising is most of the cost, so it does only what changes the text: NFKC runs only on
-messages holding a character that NFKC could change (``_NFKC_UNSAFE``), and the whitespace
-rule rewrites only runs that are not already one space.
+messages holding a character that NFKC could change (``_NFKC_UNSAFE``), invisible characters
+are looked for only where they can be (ASCII controls in ASCII texts; the others count as
+"beyond ASCII lower-casing"), and the whitespace rule rewrites only runs that are not already
+one space.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import pyarrow.parquet as pq
 
 from curation.parallel import ordered_map
 from curation.tables import from_numpy
+from curation.text import invisible_class, invisible_code_points
 from schemas import arrow_schema
 
 KEY_SEED = 20261123
@@ -82,31 +86,44 @@ def _nfkc_unsafe() -> str:
 @cache
 def _beyond_ascii_lower() -> str:
     """A regex class of the characters for which ``ascii_lower`` may not be all of the
-    normalising: the NFKC-unsafe ones and those that lower-casing changes. Most non-ASCII
-    text in English data has only typographic quotes and dashes, caseless and safe."""
-    return _class_outside([cp for cp in _safe_code_points() if cp < 0x80 or chr(cp).lower() == chr(cp)])
+    normalising: the NFKC-unsafe ones, those that lower-casing changes and the invisible ones.
+    Most non-ASCII text in English data has only typographic quotes and dashes, caseless and safe."""
+    invisible = set(invisible_code_points())
+    return _class_outside([cp for cp in _safe_code_points() if (cp < 0x80 or chr(cp).lower() == chr(cp)) and cp not in invisible])
+
+
+_ASCII_INVISIBLE = r"[\x00-\x08\x0e-\x1b\x7f]"
+"""The invisible characters in ASCII: the control characters that are not whitespace."""
 
 
 def normalise(text: pl.Series | pa.Array) -> pl.Series:
-    """NFKC, whitespace runs to one space, trimmed, lower-cased.
+    """Invisible characters removed, NFKC, whitespace runs to one space, trimmed, lower-cased.
 
     Lower-casing comes first here: it changes no whitespace, so it commutes with the other
-    two steps once NFKC is done. Texts with nothing beyond ASCII letters to lower and
-    nothing NFKC changes are lowered by pyarrow's ``ascii_lower``, twenty times faster than
-    Polars' Unicode ``to_lowercase``, which only the other texts get, after NFKC. Once the
-    whitespace runs are single spaces, trimming spaces is trimming whitespace."""
+    two steps once NFKC is done. Texts with nothing beyond ASCII letters to lower, nothing
+    NFKC changes and nothing invisible are lowered by pyarrow's ``ascii_lower``, twenty times
+    faster than Polars' Unicode ``to_lowercase``, which only the other texts get, after the
+    invisible characters are removed and NFKC. Once the whitespace runs are single spaces,
+    trimming spaces is trimming whitespace."""
     arrow = text.to_arrow() if isinstance(text, pl.Series) else text
     if isinstance(arrow, pa.ChunkedArray):
         arrow = arrow.combine_chunks()
     if not (pa.types.is_string(arrow.type) or pa.types.is_large_string(arrow.type)):
         arrow = arrow.cast(pa.large_string())
     out = pl.from_arrow(pc.ascii_lower(arrow))
-    non_ascii = np.flatnonzero(~pc.string_is_ascii(arrow).to_numpy(zero_copy_only=False))
+    is_ascii = pc.string_is_ascii(arrow).to_numpy(zero_copy_only=False)
+    non_ascii = np.flatnonzero(~is_ascii)
+    plain = np.flatnonzero(is_ascii)
+    if len(plain):
+        ascii_texts = out.gather(plain)
+        controls = ascii_texts.str.contains(_ASCII_INVISIBLE).arg_true()
+        if len(controls):
+            out = out.scatter(plain[controls.to_numpy()], ascii_texts.gather(controls).str.replace_all(_ASCII_INVISIBLE, ""))
     if len(non_ascii):
         other = pl.from_arrow(arrow).gather(non_ascii)
         beyond = other.str.contains(_beyond_ascii_lower()).arg_true()
         if len(beyond):
-            other = other.gather(beyond)
+            other = other.gather(beyond).str.replace_all(invisible_class(), "")
             unsafe = other.str.contains(_nfkc_unsafe()).arg_true()
             if len(unsafe):
                 other = other.scatter(unsafe, other.gather(unsafe).str.normalize("NFKC"))

@@ -23,8 +23,9 @@ from curation.progress import NoProgress, Progress
 from curation.stages.label.base import BackendPool
 from schemas import DECISIONS
 
-# The pair columns a step may ask for (the pairs table's, plus what the stage tracks).
-PAIR_COLUMNS = [
+# The pair columns a step may ask for (the pairs table's, plus what the stage tracks); more than
+# the label stage's ``LABELER_PAIR_COLUMNS``.
+STEP_PAIR_COLUMNS = [
     "pair_id",
     "prompt_id",
     "prompt",
@@ -37,7 +38,8 @@ PAIR_COLUMNS = [
     "source_dataset",
     "metadata",
 ]
-LABEL_COLUMNS = ["pair_id", "labeler", "labeler_group", "kind", "score_a", "score_b", "margin", "verdict", "confidence", "consistent"]
+# The labels columns every step reads (``labels`` as ``run`` gets it).
+STEP_LABEL_COLUMNS = ["pair_id", "labeler", "labeler_group", "kind", "score_a", "score_b", "margin", "verdict", "confidence", "consistent"]
 
 
 class PairSource(Protocol):

@@ -9,20 +9,13 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from curation.errors import repeated
-from curation.models.config import BackendConfig
+from curation.models.config import BackendConfig, minilm
+from curation.strict import Strict
 
 STEP_NAME = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, protected_namespaces=())
-
-
-def _minilm() -> BackendConfig:
-    return BackendConfig(backend="sentence_transformers", model="all-MiniLM-L6-v2", batch_size=64)
 
 
 class StepBase(Strict):
@@ -121,7 +114,7 @@ class SemanticDedupStep(StepBase):
     kind: Literal["semantic_dedup"] = "semantic_dedup"
     level: Literal["prompt", "pair"] = "prompt"
     threshold: float = Field(default=0.95, gt=0, le=1, description="cosine similarity at which two texts are duplicates")
-    embedder: BackendConfig = Field(default_factory=_minilm)
+    embedder: BackendConfig = Field(default_factory=minilm)
 
 
 class PromptCapStep(StepBase):

@@ -29,7 +29,7 @@ import polars as pl
 
 from curation.decisions import decisions_frame
 from curation.errors import ConfigError
-from curation.stages.filter.base import PAIR_COLUMNS, PairSource, StepContext, StepResult, in_sources
+from curation.stages.filter.base import STEP_PAIR_COLUMNS, PairSource, StepContext, StepResult, in_sources
 from curation.stages.filter.config import RouteStep
 from curation.stages.filter.route_features import FEATURES, PAIR_INPUTS, ai_margin, features, percentile_rank, swap_pairs
 from curation.stages.label.bt_ensemble import fit_bt
@@ -163,7 +163,7 @@ def routing_table(
     """The published routing table (schemas/routing.yaml) for the step's candidates: features,
     score, rank (1 = routed first) and whether the pair is routed. ``weights`` default to the
     step's (``cfg.weights`` or the built-in ones)."""
-    frame = pairs if isinstance(pairs, pl.DataFrame) else pairs.frame(PAIR_COLUMNS)
+    frame = pairs if isinstance(pairs, pl.DataFrame) else pairs.frame(STEP_PAIR_COLUMNS)
     candidates = frame.filter(pl.col("label_source") != "human") if not cfg.include_human else frame
     candidates = in_sources(candidates, cfg.sources)
     weights = weights if weights is not None else resolve_weights(cfg)
@@ -193,7 +193,7 @@ def _top_features(table: pl.DataFrame, weights: dict[str, float]) -> list[dict[s
 
 
 def run(cfg: RouteStep, pairs: PairSource, labels: pl.DataFrame, ctx: StepContext) -> StepResult:
-    frame = pairs.frame(PAIR_COLUMNS)
+    frame = pairs.frame(STEP_PAIR_COLUMNS)
     weights, weights_from = resolve_weights(cfg), "config" if cfg.weights else "default"
     note = None
     if cfg.learn_from_human:

@@ -37,7 +37,7 @@ from curation.progress import NoProgress, Progress
 from curation.records import content_ids
 from curation.stages.base import APPEND, REPLACE, Stage, StageOutput, pair_files, staged_rows
 from curation.stages.filter import step_function
-from curation.stages.filter.base import LABEL_COLUMNS, PairSource, StepContext, StepResult
+from curation.stages.filter.base import STEP_LABEL_COLUMNS, PairSource, StepContext, StepResult
 from curation.stages.label.base import BackendPool
 from curation.tables import count_rows
 from schemas import arrow_schema
@@ -237,9 +237,9 @@ def score_histograms(result: StepResult) -> dict[str, Any]:
 
 def read_labels(labels_file: str | None) -> pl.DataFrame:
     if labels_file:
-        return pl.read_parquet(labels_file, columns=LABEL_COLUMNS)
+        return pl.read_parquet(labels_file, columns=STEP_LABEL_COLUMNS)
     schema = pl.from_arrow(arrow_schema("labels").empty_table()).schema
-    return pl.DataFrame(schema={c: schema[c] for c in LABEL_COLUMNS})
+    return pl.DataFrame(schema={c: schema[c] for c in STEP_LABEL_COLUMNS})
 
 
 RunStep = Callable[[Any, PairSource, pl.DataFrame, StepContext], StepResult]

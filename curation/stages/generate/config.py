@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from curation.models.config import BackendConfig
+from curation.models.config import BackendConfig, minilm
+from curation.strict import Strict
 
 Strategy = Literal["iid", "sequential", "one_call", "persona"]
 
@@ -22,10 +23,6 @@ DEFAULT_PERSONAS = [
     "a libertarian who values personal freedom and self-reliance",
     "a blunt expert who answers in a few short bullet points",
 ]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
 class PromptsConfig(Strict):
@@ -49,7 +46,7 @@ class PairingConfig(Strict):
 class GenerateConfig(Strict):
     generator: BackendConfig = Field(description="the backend section: change only this to move between CPU and GPU")
     embedder: BackendConfig = Field(
-        default_factory=lambda: BackendConfig(backend="sentence_transformers", model="all-MiniLM-L6-v2", batch_size=32),
+        default_factory=lambda: minilm(batch_size=32),
         description="for the diversity report",
     )
     prompts: PromptsConfig = Field(default_factory=PromptsConfig)

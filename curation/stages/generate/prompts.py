@@ -11,8 +11,7 @@ import pyarrow.parquet as pq
 from curation.errors import SourceError
 from curation.models.base import Conversation
 from curation.records import prompt_id
-
-VALID_ROLES = {"system", "user", "assistant", "tool"}
+from schemas import VALID_ROLES
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,8 @@ import pyarrow as pa
 from curation.histograms import histogram
 from schemas import arrow_schema
 
-LABEL_COLUMNS = ["pair_id", "labeler", "labeler_group", "kind", "margin", "verdict", "consistent"]
+# The labels columns agreement reads: fewer than the filter steps' ``STEP_LABEL_COLUMNS``, no scores.
+AGREEMENT_LABEL_COLUMNS = ["pair_id", "labeler", "labeler_group", "kind", "margin", "verdict", "consistent"]
 
 
 def ensemble_means(labels: pl.DataFrame) -> pl.DataFrame:
@@ -115,7 +116,7 @@ def agreement(
     human label are ignored; a labeler with no human-labelled pair gets no rows."""
     labels = labels if isinstance(labels, pl.DataFrame) else pl.from_arrow(labels)
     pairs = pairs if isinstance(pairs, pl.DataFrame) else pl.from_arrow(pairs)
-    labels = labels.select(LABEL_COLUMNS)
+    labels = labels.select(AGREEMENT_LABEL_COLUMNS)
     labels = pl.concat([labels, ensemble_means(labels)], how="vertical_relaxed")
     human = pairs.filter(pl.col("label_source") == "human").select("pair_id", "source_dataset").unique("pair_id")
     joined = labels.join(human, on="pair_id", how="inner")
@@ -154,7 +155,7 @@ def calibration_rows(table: pa.Table) -> list[dict]:
 
 def comparable_labels(labels: pl.DataFrame) -> pl.DataFrame:
     """One labeler per ensemble (its ``GROUP/mean``) plus every single labeler."""
-    labels = labels.select(LABEL_COLUMNS)
+    labels = labels.select(AGREEMENT_LABEL_COLUMNS)
     means = ensemble_means(labels)
     grouped = means["labeler_group"].unique().to_list()
     singles = labels.filter(~pl.col("labeler_group").is_in(grouped)) if grouped else labels

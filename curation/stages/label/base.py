@@ -31,7 +31,9 @@ from curation.records import response_text
 from schemas import arrow_schema
 
 VERDICTS = ("A", "B", "tie", "invalid")
-PAIR_COLUMNS = ["pair_id", "prompt", "chosen", "rejected", "label_source", "source_dataset"]
+# The pairs-table columns the label stage reads for its labelers (not the filter steps'
+# ``STEP_PAIR_COLUMNS``): what ``pair_views`` needs, plus ``source_dataset`` for per-source limits.
+LABELER_PAIR_COLUMNS = ["pair_id", "prompt", "chosen", "rejected", "label_source", "source_dataset"]
 
 
 @dataclass(frozen=True)
@@ -154,7 +156,7 @@ class Labeler(ABC):
 
     @abstractmethod
     def label(self, pairs: pa.Table) -> pa.Table:
-        """Labels rows (``schemas/labels.yaml``) for ``pairs`` (columns ``PAIR_COLUMNS``)."""
+        """Labels rows (``schemas/labels.yaml``) for ``pairs`` (columns ``LABELER_PAIR_COLUMNS``)."""
 
     def row(
         self,

@@ -45,6 +45,14 @@ CACHE_VERSION = 1  # bump when a change in the code changes what labelers answer
 SELECTION_FIELDS = frozenset({"name", "limit"})  # which pairs, not which labels
 PROMPT_TEXTS = ("template", "system")  # resolved prompt texts a labeler keeps (the judges)
 TRANSIENT = "scoring failed:"  # see curation.stages.label.base.scoring_failure
+
+
+def failed_to_score(error: str | None) -> bool:
+    """An invalid label because scoring failed (a rerun tries again), also when a labeler names
+    the side that failed ("strong model: scoring failed: ...", CDR)."""
+    return bool(error) and TRANSIENT in error
+
+
 STALE_TMP_S = 3600.0
 
 
@@ -158,7 +166,7 @@ class LabelCache:
         if not rows.num_rows:
             return 0
         errors = rows["error"].to_pylist()
-        failed = {pid for pid, err in zip(rows["pair_id"].to_pylist(), errors) if err and err.startswith(TRANSIENT)}
+        failed = {pid for pid, err in zip(rows["pair_id"].to_pylist(), errors) if failed_to_score(err)}
         if failed:
             rows = rows.filter(pc.invert(pc.is_in(rows["pair_id"], pa.array(sorted(failed), pa.string()))))
         if not rows.num_rows:

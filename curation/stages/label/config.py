@@ -10,21 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from curation.errors import repeated
-from curation.models.config import BackendConfig
+from curation.models.config import BackendConfig, minilm
+from curation.strict import Strict
 
 LABELER_NAME = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
 PROMPT_FILE_SUFFIXES = (".txt", ".md", ".prompt", ".tmpl", ".j2")
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, protected_namespaces=())
-
-
-def _minilm() -> BackendConfig:
-    return BackendConfig(backend="sentence_transformers", model="all-MiniLM-L6-v2", batch_size=64)
 
 
 class LabelerBase(Strict):
@@ -133,7 +126,7 @@ class BTEnsembleConfig(LabelerBase):
     K cross-fitted members (each scores only pairs it did not train on)."""
 
     kind: Literal["bt_ensemble"] = "bt_ensemble"
-    embedder: BackendConfig = Field(default_factory=_minilm)
+    embedder: BackendConfig = Field(default_factory=minilm)
     members: int = Field(default=5, ge=2, description="K members")
     features: Literal["response", "response_prompt"] = Field(
         default="response",

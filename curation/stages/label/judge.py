@@ -38,10 +38,11 @@ from __future__ import annotations
 import json
 import math
 import re
+from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pyarrow as pa
 
@@ -49,7 +50,7 @@ from curation.errors import ConfigError
 from curation.models import check_backend
 from curation.models.base import BackendError, Conversation, ModelBackend, SamplingParams, StructuredReply, schema_problem
 from curation.records import render_conversation
-from curation.stages.label.base import Labeler, PairView, pair_views, verdict_from_margin
+from curation.stages.label.base import BackendPool, Labeler, PairView, pair_views, verdict_from_margin
 from curation.stages.label.config import JudgePairwiseConfig, JudgeRubricConfig, looks_like_file
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
@@ -281,6 +282,80 @@ def failures(outcomes: dict[str, Outcome], max_retries: int) -> str | None:
     return "; ".join(which) if which else None
 
 
+# --------------------------------------------------------------------------- both judges
+
+Letters = tuple[float, float]  # (log P("A"), log P("B")) as the whole answer to one conversation
+
+
+class _Judge(Labeler):
+    """What both judges share, written once so a fix to one reaches the other: the prompts
+    read (and checked) at construction, one chat backend, and the shape of ``label``: two
+    questions per pair, all pairs' questions asked in one batch, each pair's two answers made
+    into one row.
+
+    A judge says which two questions (``conversations``), how a reply is read (``schema``,
+    ``parse``), and what two parsed answers mean (``judged_row``); ``questions`` names the two
+    in ``raw`` and in the error of a pair whose answer stayed malformed."""
+
+    cfg: JudgePairwiseConfig | JudgeRubricConfig
+    schema: dict[str, Any]
+    questions: ClassVar[tuple[tuple[str, str], tuple[str, str]]]  # (key in raw, name in errors) of each question
+
+    def __init__(self, cfg: JudgePairwiseConfig | JudgeRubricConfig, backends: BackendPool):
+        super().__init__(cfg, backends)
+        self.template, self.system = self.prompts(cfg)
+
+    @staticmethod
+    @abstractmethod
+    def prompts(cfg: Any) -> tuple[str, str]:
+        """(user template, system prompt), or ``ConfigError`` for a template that cannot work."""
+
+    @classmethod
+    def check(cls, cfg: JudgePairwiseConfig | JudgeRubricConfig, data_root: str | Path) -> None:
+        cls.prompts(cfg)  # template errors first: they need no model and no server
+        check_backend(cfg.backend, data_root)
+
+    def models(self) -> list[str]:
+        return [self.cfg.backend.model]
+
+    @abstractmethod
+    def conversations(self, view: PairView) -> tuple[Conversation, Conversation]:
+        """The two questions asked about one pair."""
+
+    @abstractmethod
+    def parse(self, reply: StructuredReply) -> Parsed:
+        """One reply read against ``schema``."""
+
+    @abstractmethod
+    def judged_row(self, view: PairView, first: Parsed, second: Parsed, details: dict[str, Any], raw: Any) -> dict[str, Any]:
+        """The row of a pair whose two answers both parsed (``details`` holds the usage so far)."""
+
+    def label(self, pairs: pa.Table) -> pa.Table:
+        views = pair_views(pairs)
+        if not views:
+            return self.table([])
+        backend = self.backends.get(self.cfg.backend)
+        # both questions of every pair in one call per attempt: a local model decodes them in
+        # one batch instead of two, a server gets twice the requests in flight
+        asked = [conversation for view in views for conversation in self.conversations(view)]
+        answers = self.answers(backend, asked)
+        return self.table([self.pair_row(view, answers[2 * i], answers[2 * i + 1]) for i, view in enumerate(views)])
+
+    def answers(self, backend: ModelBackend, asked: list[Conversation]) -> Sequence[Any]:
+        """One answer per conversation: its ``Outcome`` (the parsed reply after any re-asks)."""
+        return ask(backend, asked, self.schema, self.parse, self.cfg)
+
+    def pair_row(self, view: PairView, first: Outcome, second: Outcome) -> dict[str, Any]:
+        """Invalid, naming each question still malformed, unless both answers parsed."""
+        (key_1, name_1), (key_2, name_2) = self.questions
+        raw = {key_1: first.attempts, key_2: second.attempts}
+        details: dict[str, Any] = {"usage": usage(first, second)}
+        if error := failures({name_1: first, name_2: second}, self.cfg.max_retries):
+            return self.row(view.pair_id, None, None, verdict="invalid", details=details, raw=raw, error=error)
+        assert first.parsed is not None and second.parsed is not None
+        return self.judged_row(view, first.parsed, second.parsed, details, raw)
+
+
 # --------------------------------------------------------------------------- pairwise
 
 
@@ -294,14 +369,13 @@ def combine_orders(first: str, second_swapped: str) -> tuple[float, float, str, 
     return score_a, score_b, (first if consistent else "tie"), consistent
 
 
-class PairwiseJudge(Labeler):
+class PairwiseJudge(_Judge):
     """Which of the two responses is better, asked chosen-first and rejected-first."""
 
     kind = "judge_pairwise"
-
-    def __init__(self, cfg: JudgePairwiseConfig, backends: Any):
-        super().__init__(cfg, backends)
-        self.template, self.system = self.prompts(cfg)
+    cfg: JudgePairwiseConfig
+    schema = PAIRWISE_SCHEMA
+    questions = (("ab", "order A/B"), ("ba", "order B/A"))
 
     @staticmethod
     def prompts(cfg: JudgePairwiseConfig) -> tuple[str, str]:
@@ -309,55 +383,46 @@ class PairwiseJudge(Labeler):
         system = "pairwise_letter_system.txt" if cfg.verdict_by == "logprobs" else "pairwise_system.txt"
         return template, load_system_prompt(cfg.system_prompt, TEMPLATES_DIR / system)
 
-    @classmethod
-    def check(cls, cfg: JudgePairwiseConfig, data_root: str | Path) -> None:
-        cls.prompts(cfg)  # template errors first: they need no model and no server
-        check_backend(cfg.backend, data_root)
-
-    def models(self) -> list[str]:
-        return [self.cfg.backend.model]
-
     def conversation(self, view: PairView, swapped: bool) -> Conversation:
         first, second = (view.response_b, view.response_a) if swapped else (view.response_a, view.response_b)
         user = fill(self.template, {"prompt": render_conversation(view.prompt), "response_a": first, "response_b": second})
         return chat(self.system, user)
 
-    def label(self, pairs: pa.Table) -> pa.Table:
-        views = pair_views(pairs)
-        if not views:
-            return self.table([])
-        backend = self.backends.get(self.cfg.backend)
-        # both orders of every pair in one call per attempt: a local model decodes them in one
-        # batch instead of two, a server gets twice the requests in flight
-        asked = [self.conversation(v, swapped) for v in views for swapped in (False, True)]
-        if self.cfg.verdict_by == "logprobs":
-            letters = letter_probabilities(backend, asked)
-            return self.table([self.letter_row(v, letters[2 * i], letters[2 * i + 1]) for i, v in enumerate(views)])
-        outcomes = ask(backend, asked, PAIRWISE_SCHEMA, parse_pairwise, self.cfg)
-        return self.table([self.pair_row(v, outcomes[2 * i], outcomes[2 * i + 1]) for i, v in enumerate(views)])
+    def conversations(self, view: PairView) -> tuple[Conversation, Conversation]:
+        return self.conversation(view, False), self.conversation(view, True)
 
-    def pair_row(self, view: PairView, ab: Outcome, ba: Outcome) -> dict[str, Any]:
-        raw = {"ab": ab.attempts, "ba": ba.attempts}
-        details: dict[str, Any] = {"usage": usage(ab, ba)}
-        if error := failures({"order A/B": ab, "order B/A": ba}, self.cfg.max_retries):
-            return self.row(view.pair_id, None, None, verdict="invalid", details=details, raw=raw, error=error)
-        assert ab.parsed is not None and ba.parsed is not None
-        v_ab, v_ba = ab.parsed.value["verdict"], ba.parsed.value["verdict"]
+    def parse(self, reply: StructuredReply) -> Parsed:
+        return parse_pairwise(reply)
+
+    def answers(self, backend: ModelBackend, asked: list[Conversation]) -> Sequence[Outcome] | Sequence[Letters]:
+        """``verdict_by: logprobs`` reads each answer off two log-probs instead of a reply."""
+        if self.cfg.verdict_by == "logprobs":
+            return letter_probabilities(backend, asked)
+        return super().answers(backend, asked)
+
+    def pair_row(self, view: PairView, ab: Outcome | Letters, ba: Outcome | Letters) -> dict[str, Any]:
+        if isinstance(ab, tuple) and isinstance(ba, tuple):  # verdict_by: logprobs
+            return self.letter_row(view, ab, ba)
+        assert isinstance(ab, Outcome) and isinstance(ba, Outcome)
+        return super().pair_row(view, ab, ba)
+
+    def judged_row(self, view: PairView, ab: Parsed, ba: Parsed, details: dict[str, Any], raw: Any) -> dict[str, Any]:
+        v_ab, v_ba = ab.value["verdict"], ba.value["verdict"]
         score_a, score_b, verdict, consistent = combine_orders(v_ab, v_ba)
         details.update(
             verdict_ab=v_ab,
             verdict_ba=v_ba,
             verdict_ba_as_slots=SWAP[v_ba],
-            reasoning_ab=ab.parsed.value["reasoning"],
-            reasoning_ba=ba.parsed.value["reasoning"],
-            parsed_by={"ab": ab.parsed.how, "ba": ba.parsed.how},
+            reasoning_ab=ab.value["reasoning"],
+            reasoning_ba=ba.value["reasoning"],
+            parsed_by={"ab": ab.how, "ba": ba.how},
         )
         confidence = abs(score_a - score_b) / 2
         return self.row(
             view.pair_id, score_a, score_b, verdict=verdict, confidence=confidence, consistent=consistent, details=details, raw=raw
         )
 
-    def letter_row(self, view: PairView, ab: tuple[float, float], ba: tuple[float, float]) -> dict[str, Any]:
+    def letter_row(self, view: PairView, ab: Letters, ba: Letters) -> dict[str, Any]:
         """Scores = probability mass each slot got over both orders (in [0, 2]); the verdict
         of each order is its likelier letter, combined as for generated verdicts."""
         p_a_ab, p_a_ba = _softmax2(*ab), _softmax2(*ba)  # P("A") in each order
@@ -385,7 +450,7 @@ def _softmax2(logp_a: float, logp_b: float) -> float:
     return ea / (ea + eb)
 
 
-def letter_probabilities(backend: ModelBackend, conversations: Sequence[Conversation]) -> list[tuple[float, float]]:
+def letter_probabilities(backend: ModelBackend, conversations: Sequence[Conversation]) -> list[Letters]:
     """(log P("A"), log P("B")) as the judge's whole answer to each conversation, in one
     ``choice_logprobs`` call (one forward pass per conversation where the backend can)."""
     return [(a, b) for a, b in backend.choice_logprobs(conversations, ["A", "B"])]
@@ -409,14 +474,15 @@ def render_aspects(aspects: Sequence[str]) -> str:
     return "\n".join(f"- {a}: {ASPECT_DEFINITIONS[a]}" if a in ASPECT_DEFINITIONS else f"- {a}" for a in aspects)
 
 
-class RubricJudge(Labeler):
+class RubricJudge(_Judge):
     """Each response rated 1-5 per aspect on its own; a response's score is its mean rating."""
 
     kind = "judge_rubric"
+    cfg: JudgeRubricConfig
+    questions = (("a", "response A"), ("b", "response B"))
 
-    def __init__(self, cfg: JudgeRubricConfig, backends: Any):
-        super().__init__(cfg, backends)
-        self.template, self.system = self.prompts(cfg)
+    def __init__(self, cfg: JudgeRubricConfig, backends: BackendPool):
+        super().__init__(cfg, backends)  # checks the aspects before they become the schema's keys
         self.schema = rubric_schema(cfg.aspects)
 
     @staticmethod
@@ -425,34 +491,18 @@ class RubricJudge(Labeler):
         template = load_template(cfg.template, TEMPLATES_DIR / "rubric_user.txt", RUBRIC_PLACEHOLDERS)
         return template, load_system_prompt(cfg.system_prompt, TEMPLATES_DIR / "rubric_system.txt")
 
-    @classmethod
-    def check(cls, cfg: JudgeRubricConfig, data_root: str | Path) -> None:
-        cls.prompts(cfg)
-        check_backend(cfg.backend, data_root)
-
-    def models(self) -> list[str]:
-        return [self.cfg.backend.model]
-
     def conversation(self, view: PairView, response: str) -> Conversation:
         values = {"prompt": render_conversation(view.prompt), "response": response, "aspects": render_aspects(self.cfg.aspects)}
         return chat(self.system, fill(self.template, values))
 
-    def label(self, pairs: pa.Table) -> pa.Table:
-        views = pair_views(pairs)
-        if not views:
-            return self.table([])
-        backend = self.backends.get(self.cfg.backend)
-        asked = [self.conversation(v, text) for v in views for text in (v.response_a, v.response_b)]
-        outcomes = ask(backend, asked, self.schema, lambda r: parse_rubric(r, self.schema), self.cfg)
-        return self.table([self.pair_row(v, outcomes[2 * i], outcomes[2 * i + 1]) for i, v in enumerate(views)])
+    def conversations(self, view: PairView) -> tuple[Conversation, Conversation]:
+        return self.conversation(view, view.response_a), self.conversation(view, view.response_b)
 
-    def pair_row(self, view: PairView, a: Outcome, b: Outcome) -> dict[str, Any]:
-        raw = {"a": a.attempts, "b": b.attempts}
-        details: dict[str, Any] = {"usage": usage(a, b)}
-        if error := failures({"response A": a, "response B": b}, self.cfg.max_retries):
-            return self.row(view.pair_id, None, None, verdict="invalid", details=details, raw=raw, error=error)
-        assert a.parsed is not None and b.parsed is not None
-        score_a, score_b = (sum(r["rating"] for r in p.value.values()) / len(p.value) for p in (a.parsed, b.parsed))
-        details.update(a=a.parsed.value, b=b.parsed.value, parsed_by={"a": a.parsed.how, "b": b.parsed.how})
+    def parse(self, reply: StructuredReply) -> Parsed:
+        return parse_rubric(reply, self.schema)
+
+    def judged_row(self, view: PairView, a: Parsed, b: Parsed, details: dict[str, Any], raw: Any) -> dict[str, Any]:
+        score_a, score_b = (sum(r["rating"] for r in p.value.values()) / len(p.value) for p in (a, b))
+        details.update(a=a.value, b=b.value, parsed_by={"a": a.how, "b": b.how})
         # the largest possible margin is 4 (all 5s against all 1s)
         return self.row(view.pair_id, score_a, score_b, confidence=abs(score_a - score_b) / 4, details=details, raw=raw)

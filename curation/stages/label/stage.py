@@ -36,9 +36,16 @@ from curation.models.base import Unsupported
 from curation.progress import NoProgress, Progress
 from curation.stages.base import REPLACE, Stage, StageOutput, pair_files
 from curation.stages.label import BackendPool, build_labeler, check_labeler
-from curation.stages.label.agreement import LABEL_COLUMNS, agreement, calibration_rows, margin_histograms, pairwise_agreement, summary_rows
-from curation.stages.label.base import PAIR_COLUMNS, Labeler, scoring_failure
-from curation.stages.label.cache import TRANSIENT, LabelCache, cache_root, labeler_key
+from curation.stages.label.agreement import (
+    AGREEMENT_LABEL_COLUMNS,
+    agreement,
+    calibration_rows,
+    margin_histograms,
+    pairwise_agreement,
+    summary_rows,
+)
+from curation.stages.label.base import LABELER_PAIR_COLUMNS, Labeler, scoring_failure
+from curation.stages.label.cache import LabelCache, cache_root, failed_to_score, labeler_key
 from curation.stages.label.config import LabelConfig
 from schemas import arrow_schema
 
@@ -62,7 +69,7 @@ def selected_pairs(files: list[str], mode: str, limit: int | None, chunk_size: i
     sources = SELECT[mode]
     for path in files:
         taken: Counter[str] = Counter()
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_size, columns=PAIR_COLUMNS):
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_size, columns=LABELER_PAIR_COLUMNS):
             table = pa.Table.from_batches([batch])
             if sources is not None:
                 table = table.filter(pc.is_in(table["label_source"], pa.array(sources)))
@@ -74,6 +81,20 @@ def selected_pairs(files: list[str], mode: str, limit: int | None, chunk_size: i
                 table = table.filter(pa.array(keep, pa.bool_()))
             if table.num_rows:
                 yield table
+
+
+def count_selected(files: list[str], mode: str, limit: int | None) -> int:
+    """How many pairs ``selected_pairs`` yields (two small columns read): the total a long
+    labeling step's progress lines count towards."""
+    sources = SELECT[mode]
+    total = 0
+    for path in files:
+        frame = pl.read_parquet(path, columns=["label_source", "source_dataset"])
+        if sources is not None:
+            frame = frame.filter(pl.col("label_source").is_in(sources))
+        per_source = frame["source_dataset"].value_counts()["count"]
+        total += int(per_source.clip(upper_bound=limit).sum() if limit is not None else per_source.sum())
+    return total
 
 
 def _check_coverage(labeler: Labeler, expected: set[str], got: set[str]) -> None:
@@ -136,7 +157,7 @@ def _in_pair_order(pairs: pa.Table, parts: list[pa.Table]) -> pa.Table:
 
 
 def _failed_pairs(out: pa.Table) -> set[str]:
-    return {pid for pid, err in zip(out["pair_id"].to_pylist(), out["error"].to_pylist()) if err and err.startswith(TRANSIENT)}
+    return {pid for pid, err in zip(out["pair_id"].to_pylist(), out["error"].to_pylist()) if failed_to_score(err)}
 
 
 def run_labeler(
@@ -160,7 +181,7 @@ def run_labeler(
     own = NoProgress() if not labeler.streaming else progress
     if not labeler.streaming and hasattr(labeler, "progress"):
         labeler.progress = progress  # one call on every pair: the labeler reports its own slow steps
-    own.start(f"label: {labeler.name}", None)
+    own.start(f"label: {labeler.name}", count_selected(files, label_cfg.pairs, limit) if labeler.streaming else None)
     for pairs in chunks:
         if not pairs.num_rows:
             continue
@@ -235,7 +256,7 @@ def label(cfg: RunConfig, run_dir: str | Path, pair_files: list[str], progress: 
         else pl.DataFrame(schema={"pair_id": pl.String, "label_source": pl.String, "source_dataset": pl.String})
     )
     a = label_cfg.agreement
-    labels = pl.read_parquet(labels_path, columns=LABEL_COLUMNS)
+    labels = pl.read_parquet(labels_path, columns=AGREEMENT_LABEL_COLUMNS)
     table = agreement(labels, pairs, resamples=a.bootstrap, bins=a.bins, seed=a.seed)
     pq.write_table(table, agreement_path, compression="zstd")
     counts = {

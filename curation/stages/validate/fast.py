@@ -3,7 +3,8 @@
 ``suspect_rows`` flags every pair that breaks a rule. It works on the flat role and content
 arrays of each messages column (per-row counts come from the list offsets), because
 Polars' per-list expressions cost several times more at a million pairs. Whitespace is
-Python's (``str.strip``), so the flags are exact, not a superset; only flagged pairs go
+Python's (``str.strip``) and invisible characters are ``curation.text``'s, so the flags are
+exact, not a superset; only flagged pairs go
 through ``check_content``, which decides and words the error, so codes, fields and
 messages are the same as the row-by-row path.
 """
@@ -19,9 +20,7 @@ import pyarrow.compute as pc
 
 from curation.columns import count_per_row, ranges
 from curation.tables import from_numpy
-from curation.text import PY_WHITESPACE
-
-_NON_BLANK = "[^" + "".join(f"\\x{{{ord(c):x}}}" for c in PY_WHITESPACE) + "]"
+from curation.text import PY_WHITESPACE, invisible_class, visible_class
 
 
 @dataclass
@@ -34,9 +33,9 @@ class _Messages:
     ends: np.ndarray
 
     def non_blank(self) -> np.ndarray:
-        """Per message: holds a character Python's strip keeps (a null content counts as blank,
-        so its row is checked)."""
-        return self.contents.str.contains(_NON_BLANK).fill_null(False).to_numpy()
+        """Per message: holds a visible character, neither whitespace nor invisible (a null
+        content counts as blank, so its row is checked)."""
+        return self.contents.str.contains(visible_class()).fill_null(False).to_numpy()
 
     @classmethod
     def of(cls, column: pa.Array | pa.ChunkedArray) -> _Messages:
@@ -80,20 +79,23 @@ def suspect_rows(pairs: pa.Table | pa.RecordBatch, *, allowed_roles: frozenset[s
 
 
 def _identical(chosen: _Messages, rejected: _Messages) -> np.ndarray:
-    """Rows whose responses are equal message by message: same role, same stripped content."""
+    """Rows whose responses are equal message by message: same role, same visible content
+    (``curation.text.visible``: invisible characters removed, then stripped)."""
     lengths = chosen.ends - chosen.starts
     rows = np.flatnonzero(lengths == rejected.ends - rejected.starts)
     lengths = lengths[rows]
     c_at, r_at = ranges(chosen.starts[rows], lengths), ranges(rejected.starts[rows], lengths)
     c, r = chosen.contents.gather(c_at), rejected.contents.gather(r_at)
-    # texts that differ are equal stripped only if one of them has whitespace to strip
+    # texts that differ are equal as seen only if one of them has whitespace to strip or an invisible character
+    invisible = invisible_class()
     flags = pl.DataFrame({"c": c, "r": r}).select(
-        same=(pl.col("c") == pl.col("r")).fill_null(True), padded=(_padded("c") | _padded("r")).fill_null(False)
+        same=(pl.col("c") == pl.col("r")).fill_null(True),
+        maybe=(_padded("c") | _padded("r") | pl.col("c").str.contains(invisible) | pl.col("r").str.contains(invisible)).fill_null(False),
     )
     same = flags["same"].to_numpy().copy()
-    maybe = np.flatnonzero(~same & flags["padded"].to_numpy())
+    maybe = np.flatnonzero(~same & flags["maybe"].to_numpy())
     if len(maybe):
-        same[maybe] = (c.gather(maybe).str.strip_chars(PY_WHITESPACE) == r.gather(maybe).str.strip_chars(PY_WHITESPACE)).to_numpy()
+        same[maybe] = (_seen(c.gather(maybe)) == _seen(r.gather(maybe))).to_numpy()
     same &= _true(pc.equal(chosen.roles_at(c_at), rejected.roles_at(r_at)))
     out = np.zeros(len(chosen.starts), np.bool_)
     out[rows] = count_per_row(~same, lengths) == 0
@@ -101,6 +103,11 @@ def _identical(chosen: _Messages, rejected: _Messages) -> np.ndarray:
 
 
 _WHITESPACE = list(PY_WHITESPACE)
+
+
+def _seen(texts: pl.Series) -> pl.Series:
+    """``curation.text.visible`` of each text, in Polars."""
+    return texts.str.replace_all(invisible_class(), "").str.strip_chars(PY_WHITESPACE)
 
 
 def _padded(name: str) -> pl.Expr:

@@ -1,7 +1,9 @@
 """The recipe's content rules for canonical pairs: what makes a pair unusable whatever its source.
 
 ``check_content`` checks roles, empty prompt or response and identical responses, one pair at
-a time, and words the error; the validate stage runs it over the pairs ``fast`` flags. (Whether
+a time, and words the error. "Empty" and "identical" read text as a person sees it
+(``curation.text.visible``): a response of zero-width spaces, NULs or a lone BOM is empty, and
+two responses that differ only by such invisible characters are identical; the validate stage runs it over the pairs ``fast`` flags. (Whether
 a draft can be a row of the ``pairs`` table at all, types and valid Unicode, is checked at
 ingest: ``curation.records.check_structure``.) A failing pair goes to quarantine with a stable
 code and the field at fault.
@@ -15,6 +17,7 @@ from typing import Any
 
 from curation.errors import RowError
 from curation.records import PAIR_PARTS
+from curation.text import visible
 
 
 def check_content(pair: dict[str, Any], *, allowed_roles: frozenset[str], allow_empty_prompt: bool = False) -> None:
@@ -28,13 +31,13 @@ def check_content(pair: dict[str, Any], *, allowed_roles: frozenset[str], allow_
                     f"{part}[{i}].role",
                 )
     prompt = pair["prompt"]
-    if not allow_empty_prompt and not any(m["content"].strip() for m in prompt):
+    if not allow_empty_prompt and not any(visible(m["content"]) for m in prompt):
         raise RowError("empty_prompt", "prompt is empty", "prompt")
     if prompt and prompt[-1]["role"] == "assistant":
         raise RowError("invalid_role", "prompt ends with an assistant turn; the compared responses must answer a user turn", "prompt")
     for part in ("chosen", "rejected"):
         messages = pair[part]
-        if not any(m["content"].strip() for m in messages):
+        if not any(visible(m["content"]) for m in messages):
             raise RowError("empty_response", f"{part} response is empty", part)
         if messages[0]["role"] != "assistant":
             raise RowError("invalid_role", f"{part} must start with an assistant message, got {messages[0]['role']!r}", f"{part}[0].role")
@@ -43,7 +46,7 @@ def check_content(pair: dict[str, Any], *, allowed_roles: frozenset[str], allow_
 
 
 def _text(messages: Iterable[dict[str, str]]) -> tuple[tuple[str, str], ...]:
-    return tuple((m["role"], m["content"].strip()) for m in messages)
+    return tuple((m["role"], visible(m["content"])) for m in messages)
 
 
 def pair_as_raw(pair: dict[str, Any], limit: int) -> tuple[str, int]:

@@ -18,7 +18,7 @@ import pytest
 from curation.models import ModelBackend, build_backend
 from curation.models.memo import MemoEmbedder
 from curation.records import response_text
-from curation.stages.filter.base import LABEL_COLUMNS, FramePairs, StepContext, StepResult
+from curation.stages.filter.base import STEP_LABEL_COLUMNS, FramePairs, StepContext, StepResult
 from curation.stages.filter.config import MarginStep, VotingStep
 from curation.stages.filter.margin import run as margin_run
 from curation.stages.filter.voting import run as voting_run
@@ -42,7 +42,7 @@ def embedder():
 
 def label(embedder: ModelBackend, rows: list[dict]) -> pl.DataFrame:
     labeler = BTEnsemble(BTEnsembleConfig(name="bt", embedder=MINILM, members=K), BackendPool(".", build=lambda c, root: embedder))
-    return pl.from_arrow(labeler.label(pa.Table.from_pylist(rows, schema=LABEL_PAIRS_SCHEMA))).select(LABEL_COLUMNS)
+    return pl.from_arrow(labeler.label(pa.Table.from_pylist(rows, schema=LABEL_PAIRS_SCHEMA))).select(STEP_LABEL_COLUMNS)
 
 
 @pytest.fixture(scope="module")
@@ -257,3 +257,16 @@ def test_threshold_and_confidence_rules() -> None:
     confidence = VotingStep(labelers=["g"], standardise=False, rule="confidence", z=1.0)
     decided = {pid: r["decision"] for pid, r in by_pair(voting_run(confidence, pairs, labels, CTX)).items()}
     assert decided == {"sure_wrong": "flipped", "split": "filtered", "small": "filtered", "sure_right": "kept"}
+
+
+def test_quantile_rule_flips_only_pairs_the_voters_disagree_with() -> None:
+    """Hand-built votes where the lowest 20 % holds pairs whose mean margin is >= 0 (all
+    voters lean to the label, only less than the rest): they are ambiguous, never flipped."""
+    from curation.stages.filter.voting import classify
+
+    mu = np.array([-0.5, 0.0, 0.05, 0.3, 0.4, 0.6, 0.7, 0.8, 0.9, 1.0])
+    flipped, ambiguous, _ = classify(
+        VotingStep(labelers=["x"], flip_quantile=0.3, ambiguous_quantile=0.4), mu, np.zeros(10), np.full(10, 3)
+    )
+    assert flipped.tolist() == [True] + [False] * 9  # 0.0 and 0.05 are in the flip band but not against the label
+    assert ambiguous.tolist() == [False, True, True, True] + [False] * 6

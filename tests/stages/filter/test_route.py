@@ -26,7 +26,7 @@ from curation.human.completed import merge, read_completed, unknown_count
 from curation.human.tasks import export_queue
 from curation.models import BackendConfig, build_backend
 from curation.records import content_ids, response_text
-from curation.stages.filter.base import LABEL_COLUMNS, PAIR_COLUMNS, FramePairs, StepContext
+from curation.stages.filter.base import STEP_LABEL_COLUMNS, STEP_PAIR_COLUMNS, FramePairs, StepContext
 from curation.stages.filter.config import RouteStep
 from curation.stages.filter.route import as_ai_labelled, budget_count, fit_weights, routing_table, run
 from curation.stages.filter.route_features import FEATURES, features
@@ -48,7 +48,7 @@ def human_set(hh_path: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
     embedder = build_backend(MINILM)
     try:
         labeler = build_labeler(BTEnsembleConfig(name="bt", embedder=MINILM, members=K), BackendPool(".", build=lambda c, root: embedder))
-        labels = pl.from_arrow(labeler.label(table)).select(LABEL_COLUMNS)
+        labels = pl.from_arrow(labeler.label(table)).select(STEP_LABEL_COLUMNS)
     finally:
         embedder.close()
     return pl.from_arrow(table), labels
@@ -56,7 +56,7 @@ def human_set(hh_path: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
 
 @pytest.fixture(scope="module")
 def ai_set(human_set: tuple[pl.DataFrame, pl.DataFrame]) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, bool]]:
-    """The same pairs as the AI labelled them: (pairs with PAIR_COLUMNS, their label rows,
+    """The same pairs as the AI labelled them: (pairs with STEP_PAIR_COLUMNS, their label rows,
     pair id -> does the person prefer the stored chosen response)."""
     human, labels = human_set
     oriented, oriented_labels, correct = as_ai_labelled(human, labels)
@@ -74,7 +74,7 @@ def ai_set(human_set: tuple[pl.DataFrame, pl.DataFrame]) -> tuple[pl.DataFrame, 
         "source_dataset",
         pl.lit(None, pl.String).alias("metadata"),
     )
-    assert pairs.columns == PAIR_COLUMNS
+    assert pairs.columns == STEP_PAIR_COLUMNS
     truth = dict(zip(pairs["pair_id"].to_list(), correct.to_list()))
     return pairs, oriented_labels.with_columns(pl.col("pair_id").replace_strict(new_ids)), truth
 
@@ -254,7 +254,7 @@ def test_run_learns_weights_from_the_human_labelled_pairs(ai_set: tuple, human_s
         pl.lit(None, pl.Float64).alias("rejected_score"),
         pl.lit(None, pl.String).alias("label_model"),
         pl.lit(None, pl.String).alias("metadata"),
-    ).select(PAIR_COLUMNS)
+    ).select(STEP_PAIR_COLUMNS)
     mixed = pl.concat([human_rows.head(300), pairs.tail(300)])
     mixed_labels = pl.concat([human_labels.filter(pl.col("pair_id").is_in(human_rows.head(300)["pair_id"].implode())), labels])
     cfg = RouteStep(budget=30, learn_from_human=True)  # type: ignore[call-arg]

@@ -17,8 +17,8 @@ from tests.helpers import hh, recipe_config, write_jsonl, write_recipe
 GOOD = hh([("user", "What is the capital of France?")], "Paris.", "I don't know.")
 
 
-def _run(tmp_path, path, adapter="hh_rlhf", **src):
-    cfg = recipe_config(tmp_path, [{"name": "bad", "path": str(path), "adapter": adapter, **src}])
+def _run(tmp_path, path, adapter="hh_rlhf", allow_empty=False, **src):
+    cfg = recipe_config(tmp_path, [{"name": "bad", "path": str(path), "adapter": adapter, **src}], allow_empty=allow_empty)
     result = curate(cfg)
     q = sql("SELECT source_row, stage, field, error_code, error, raw_bytes FROM quarantine ORDER BY source_row", cfg.data_root)
     return result, {r["source_row"]: r for r in q.to_dicts()}
@@ -151,3 +151,65 @@ def test_unknown_adapter_and_bad_options_fail_before_work(tmp_path):
         load_config(write_recipe(tmp_path, [{"name": "s", "path": str(path), "adapter": "nope"}]))
     with pytest.raises(ConfigError, match="rule"):
         load_config(write_recipe(tmp_path, [{"name": "s", "path": str(path), "adapter": "rated", "options": {"rule": "coin_flip"}}]))
+
+
+def test_invisible_text_is_empty_and_identical_through_a_run(tmp_path):
+    """Through ingest (row path) and validate (its vectorised pre-check) and exact dedup."""
+    rows = [
+        {"prompt": "\u200b\u2060", "chosen": "yes", "rejected": "no"},
+        {"prompt": "Q?", "chosen": "\ufeff\x00 \u200b", "rejected": "no"},
+        {"prompt": "Q?", "chosen": "sa\u200bme", "rejected": "same"},
+        {"prompt": "Q?", "chosen": "fine", "rejected": "worse"},
+        {"prompt": "Q?", "chosen": "fi\u2060ne\x00", "rejected": "\ufeffworse"},  # row 3 as a reader sees it
+    ]
+    result, q = _run(tmp_path, write_jsonl(tmp_path / "in.jsonl", rows), adapter="trl")
+    assert [q[i]["error_code"] for i in range(3)] == ["empty_prompt", "empty_response", "identical_responses"]
+    assert result.funnel["kept"] == 1 and result.funnel["filtered_by_reason"]["dedup_exact"] == {"exact_duplicate": 1}
+
+
+NON_FINITE = ["Infinity", "-Infinity", "NaN", "1e999", '"inf"', '"-inf"', '"nan"', '"Infinity"', '"1e999"']
+
+
+@pytest.mark.parametrize(
+    ("adapter", "options", "row"),
+    [
+        (
+            "rated",
+            {},
+            '{{"instruction": "Q?", "completions": [{{"response": "a", "overall_score": {v}}}, {{"response": "b", "overall_score": 2}}]}}',
+        ),
+        (
+            "shp",
+            {"score_a_field": "sa", "score_b_field": "sb"},
+            '{{"history": "Q?", "human_ref_A": "a", "human_ref_B": "b", "sa": 3, "sb": {v}}}',
+        ),
+        ("shp", {"vote_fields": ["v1", "v2"]}, '{{"history": "Q?", "human_ref_A": "a", "human_ref_B": "b", "v1": 1, "v2": {v}}}'),
+        ("shp", {}, '{{"history": "Q?", "human_ref_A": "a", "human_ref_B": "b", "labels": {v}}}'),
+        ("mapping", {"prompt": "q", "chosen": "c", "rejected": "r", "chosen_score": "s"}, '{{"q": "Q?", "c": "a", "r": "b", "s": {v}}}'),
+    ],
+    ids=["rated", "shp-scores", "shp-votes", "shp-label", "mapping"],
+)
+def test_non_finite_scores_and_votes_are_quarantined(tmp_path, adapter, options, row):
+    """JSON's bare Infinity/NaN, a float beyond range, and the same as strings: never a score."""
+    lines = [row.format(v=v) for v in NON_FINITE]
+    if adapter == "shp" and "score_a_field" not in options:
+        lines = lines[:4]  # votes and labels are values, not numbers parsed from text: only real floats apply
+    path = tmp_path / "in.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    result, q = _run(tmp_path, path, adapter=adapter, options=options, allow_empty=True)  # every row is bad
+    assert {r["error_code"] for r in q.values()} == {"non_finite_score"} and len(q) == len(lines)
+    assert result.funnel["rows_quarantined"] == len(lines)
+
+
+def test_a_nan_rank_is_no_rank_and_an_infinite_one_is_quarantined(tmp_path):
+    """OASST tables that went through pandas write missing ranks as NaN."""
+    rows = [
+        '{"message_id": "p", "parent_id": null, "role": "prompter", "text": "Q?", "rank": NaN}',
+        '{"message_id": "a", "parent_id": "p", "role": "assistant", "text": "good", "rank": 0}',
+        '{"message_id": "b", "parent_id": "p", "role": "assistant", "text": "bad", "rank": 1.0}',
+        '{"message_id": "c", "parent_id": "p", "role": "assistant", "text": "odd", "rank": Infinity}',
+    ]
+    path = tmp_path / "in.jsonl"
+    path.write_text("\n".join(rows) + "\n")
+    result, q = _run(tmp_path, path, adapter="oasst")
+    assert [r["error_code"] for r in q.values()] == ["non_finite_score"] and result.funnel["kept"] == 1

@@ -9,12 +9,10 @@ from __future__ import annotations
 import gzip
 import json
 import tempfile
-import unicodedata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -23,7 +21,6 @@ from hypothesis import strategies as st
 
 from curation.config import parse_config
 from curation.records import content_id_columns, content_ids
-from curation.stages.dedup import exact as dedup
 from curation.stages.ingest.readers import jsonl, jsonl_columns
 from curation.stages.ingest.stage import ingest
 from curation.tables import from_numpy, iter_batches
@@ -227,31 +224,6 @@ def test_content_id_columns_equal_content_ids_row_by_row(tmp_path: Path) -> None
     assert content_id_columns(no_prompts, columns["chosen"].slice(0, 2), columns["rejected"].slice(0, 2)) == tuple(
         map(list, zip(*[content_ids([], r["chosen"], r["rejected"]) for r in rows[:2]]))
     )
-
-
-def test_dedup_normalise_equals_its_definition() -> None:
-    """NFKC everything, whitespace runs to one space, strip, lower: the shortcuts change nothing."""
-    texts = [json.loads(line)[k] for line in SAMPLE.read_text().splitlines() for k in ("chosen", "rejected")]
-    texts += ["Ａｂｃ  X\n\ty", "ﬁne", "e\u0301", "\u00a0a\u3000", "ＡＢＣ", "\u1100\u1161", "x\u0300\u0301", "𝐀𝐁", "Ⅻ", "a\x85b", ""]
-    texts += ["".join(chr(c) for c in range(start, start + 64)) for start in range(0, 0x3100, 64)]
-    texts += ["ΑΣ  x", "ΑΣ\n", " ΑΣ ", "ΟΔΟΣ\u3000Α", "İ  I\u0307", "ÅΣ\u3000", "A\u030a  B\u0301"]  # lowering before the rest
-    texts += [f"{c}{chr(m)} {c}{chr(m)}Σ" for c in "AIKSZaiks" for m in range(0x300, 0x370)]  # ASCII letters + marks
-    texts += ["It’s  “FINE”—\tOK…", "’ΑΣ’", "“ǅ”", "Ａ’B", "A’\u0301", "Ä–", "’\u00a0X"]  # typographic + the rest
-    texts += [f"Q’{chr(c)} Z" for c in range(0x80, 0x3000, 7)]  # each shortcut-breaking character beside the safe ones
-    series = pl.Series(texts)
-    expected = series.str.normalize("NFKC").str.replace_all(r"\s+", " ").str.strip_chars().str.to_lowercase()
-    assert dedup.normalise(series).to_list() == expected.to_list()
-
-
-def test_nfkc_safe_characters_are_their_own_nfkc_next_to_any_safe_character() -> None:
-    """What lets normalise skip NFKC: a text of safe characters only is its own NFKC."""
-    candidates = pl.Series([chr(c) for c in range(0x3100)])
-    safe = candidates.filter(~candidates.str.contains(dedup._nfkc_unsafe())).to_list()
-    assert len(safe) > 5000 and "a" in safe and "\u00a0" not in safe and "\u0301" not in safe
-    rng = np.random.default_rng(0)
-    for _ in range(300):
-        text = "".join(rng.choice(safe, size=8))
-        assert unicodedata.normalize("NFKC", text) == text
 
 
 def test_from_numpy_matches_pa_array() -> None:

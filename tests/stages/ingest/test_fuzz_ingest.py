@@ -47,7 +47,12 @@ ROLES = ["user", "assistant", "system", "tool", "wizard", "", "User"]
 
 # --------------------------------------------------------------------------- strategies
 
-texts = st.text(max_size=40) | st.sampled_from(["", " ", "N/A", "nan", "1", "0", "4.5", "\ud800", "Human:", "\n\nAssistant: hi"])
+INVISIBLE = ["\x00", "\u200b", "\u2060", "\ufeff", "\xad", "\U000e0020"]  # empty to a reader
+texts = (
+    st.text(max_size=40)
+    | st.sampled_from(["", " ", "N/A", "nan", "inf", "-Infinity", "1e999", "1", "0", "4.5", "\ud800", "Human:", "\n\nAssistant: hi"])
+    | st.text(alphabet=st.sampled_from([*INVISIBLE, " ", "\n", "a", "é"]), max_size=6)
+)
 numbers = (
     st.integers(min_value=-(10**400), max_value=10**400)
     | st.floats(allow_nan=True, allow_infinity=True)
@@ -110,7 +115,7 @@ trl_rows = dropping(
         }
     )
 )
-scores = field_or_junk(numbers | st.sampled_from(["N/A", "4", " 7.5 ", "seven", "", None]))
+scores = field_or_junk(numbers | st.sampled_from(["N/A", "4", " 7.5 ", "seven", "", None, "nan", "inf", "-inf", "1e999"]))
 completions = dropping(
     st.fixed_dictionaries({"response": field_or_junk(texts), "overall_score": scores, "model": json_values, "annotations": json_values})
 )
@@ -172,7 +177,7 @@ def check_draft(d: Any) -> None:
         for m in part:
             assert set(m) == {"role", "content"} and type(m["role"]) is str and type(m["content"]) is str, m
     for score in (d.chosen_score, d.rejected_score):
-        assert score is None or (type(score) is float and not math.isnan(score)), score
+        assert score is None or (type(score) is float and math.isfinite(score)), score
     json.dumps(d.metadata, default=str)
 
 
@@ -264,6 +269,8 @@ def jsonl_files(draw: st.DrawFn) -> tuple[bytes, str, dict[str, Any]]:
                         b"null",
                         b"1e999",
                         b'{"chosen": ' + b"9" * 5000 + b"}",
+                        b'{"prompt": "Q", "chosen": "\\u200b\\u0000", "rejected": "x", "score": NaN, "s": Infinity}',
+                        b'{"history": "Q", "human_ref_A": "a\\ufeff", "human_ref_B": "a", "labels": -Infinity}',
                     ]
                 ),
             ),

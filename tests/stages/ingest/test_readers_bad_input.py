@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from curation.config import SourceConfig
 from curation.errors import SourceError
 from curation.stages.ingest.readers import RawRow, open_source
-from curation.stages.ingest.readers._common import translate_os_error
+from curation.stages.ingest.readers._common import UTF_BOMS, translate_os_error
 
 MAX = 1_000_000
 RAW = 16_384
@@ -73,6 +73,8 @@ def test_invalid_json_line_message_names_line_and_column(tmp_path):
     rows = read(p)
     assert codes(rows) == [None, "unparsable_json", None]
     assert rows[1].error.message == "line 2 is not valid JSON: Expecting ',' delimiter at column 16"
+    p.write_bytes(GOOD + b'{"chosen": "abc}\n')
+    assert read(p)[1].error.message == "line 2 is not valid JSON: Unterminated string starting at column 12"  # not "at at"
 
 
 @pytest.mark.parametrize(
@@ -322,6 +324,12 @@ _DATA = st.one_of(st.binary(max_size=400), st.lists(_PIECES, max_size=60).map(b"
 def test_arbitrary_bytes_never_raise_and_each_nonblank_line_is_one_row(tmp_path, data, max_row_bytes):
     p = tmp_path / "fuzz.jsonl"
     p.write_bytes(data)
+    head = data[:512]
+    if any(data.startswith(bom) for bom, _ in UTF_BOMS):
+        return  # UTF-16/32: decoded (tested below)
+    if head.count(0) * 4 >= len(head) > 0:
+        assert "is not UTF-8 text" in str(source_error(p))
+        return
     rows = read(p, max_row_bytes=max_row_bytes, raw_limit_bytes=16)
     assert len(rows) == _expected_rows(data, max_row_bytes)
     for row in rows:
@@ -329,3 +337,53 @@ def test_arbitrary_bytes_never_raise_and_each_nonblank_line_is_one_row(tmp_path,
         assert row.value is None or isinstance(row.value, dict)
         assert row.raw is None or len(row.raw.encode("utf-8")) <= 16
     assert len({r.index for r in rows}) == len(rows)
+
+
+# --- encodings ------------------------------------------------------------------------
+
+ROWS = [{"chosen": "\n\nHuman: Ça va? 日本\n\nAssistant: oui 😀", "rejected": "\n\nHuman: Ça va? 日本\n\nAssistant: non"}] * 3
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be"])
+@pytest.mark.parametrize("packed", [False, True])
+def test_utf16_and_utf32_files_with_a_byte_order_mark_are_decoded(tmp_path, encoding, packed):
+    """Windows tools write UTF-16 with a byte order mark: the rows are the UTF-8 file's rows."""
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ROWS)
+    utf8 = tmp_path / "utf8.jsonl"
+    utf8.write_text(text, encoding="utf-8")
+    # Python's utf-16 and utf-32 codecs write their own byte order mark; the -le/-be ones do not
+    bom = {"utf-16-le": b"\xff\xfe", "utf-16-be": b"\xfe\xff", "utf-32-le": b"\xff\xfe\x00\x00", "utf-32-be": b"\x00\x00\xfe\xff"}
+    data = bom.get(encoding, b"") + text.encode(encoding)
+    other = tmp_path / "other.jsonl"  # a gzip file keeps its name: found by its signature
+    other.write_bytes(gzip.compress(data) if packed else data)
+    assert [r.value for r in read(other)] == [r.value for r in read(utf8)] == ROWS
+    csv_text = "chosen,rejected\n" + "".join(f'"{r["chosen"]}","{r["rejected"]}"\n' for r in ROWS)
+    csv = tmp_path / "other.csv"
+    csv_data = bom.get(encoding, b"") + csv_text.encode(encoding)
+    csv.write_bytes(gzip.compress(csv_data) if packed else csv_data)
+    assert [r.value for r in read(csv)] == ROWS
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be", "utf-32-le"])
+def test_utf16_without_a_byte_order_mark_is_one_clear_error(tmp_path, encoding):
+    p = tmp_path / "no-bom.jsonl"
+    p.write_bytes(json.dumps(ROWS[0]).encode(encoding) * 3)
+    err = source_error(p)
+    assert str(p) in str(err) and "not UTF-8 text" in str(err) and "byte order mark" in str(err) and "\n" not in str(err)
+
+
+def test_a_gzip_file_without_the_gz_suffix_is_read_as_gzip(tmp_path):
+    for name in ("rows.jsonl", "rows.csv"):
+        plain = tmp_path / f"plain-{name}"
+        body = GOOD * 3 if name.endswith("jsonl") else b"chosen,rejected\na,b\na,b\na,b\n"
+        plain.write_bytes(body)
+        packed = tmp_path / name
+        packed.write_bytes(gzip.compress(body))
+        assert [r.value for r in read(packed)] == [r.value for r in read(plain)] and len(read(packed)) == 3
+
+
+def test_a_utf16_file_cut_in_a_character_is_one_clear_error(tmp_path):
+    p = tmp_path / "cut.jsonl"
+    p.write_bytes(b"\xff\xfe" + GOOD.decode().encode("utf-16-le") + b"x")
+    with pytest.raises(SourceError, match="not valid utf-16-le text"):
+        read(p)

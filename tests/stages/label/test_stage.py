@@ -259,3 +259,13 @@ def test_label_cache_key_follows_what_changes_labels(tmp_path: Path) -> None:
     assert len({base, *differ}) == 1 + len(differ)
     template.write_text(template.read_text() + " Be brief.")  # same path, new content
     assert key() != base
+
+
+def test_a_failure_named_by_its_side_is_retried_like_any_scoring_failure() -> None:
+    """CDR names the model that failed ("strong model: scoring failed: ..."): still a failure
+    to score, not a final label, so the cache leaves it for the next run."""
+    from curation.stages.label.cache import failed_to_score
+
+    assert failed_to_score("scoring failed: BackendError: timeout")
+    assert failed_to_score("strong model: scoring failed: BackendError: HTTP 500")
+    assert not failed_to_score("chosen response is empty") and not failed_to_score(None) and not failed_to_score("")

@@ -15,7 +15,9 @@ from curation.stages.validate.fast import suspect_rows
 from curation.stages.validate.rules import check_content
 
 ROLES = frozenset({"system", "user", "assistant", "tool"})
-TEXT = st.text(alphabet=st.sampled_from([" ", "\t", "\n", "\x1f", "\x85", "\u3000", "a", "B", "é", "?"]), max_size=4)
+# whitespace, invisible characters (controls and format characters that are not whitespace) and visible ones
+INVISIBLE = ["\x00", "\x07", "\x7f", "\x9f", "\xad", "\u200b", "\u2060", "\ufeff", "\U000e0020"]
+TEXT = st.text(alphabet=st.sampled_from([" ", "\t", "\n", "\x1f", "\x85", "\u3000", *INVISIBLE, "a", "B", "é", "?"]), max_size=4)
 MESSAGE = st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system", "wizard"]), "content": TEXT})
 PAIR = st.fixed_dictionaries(
     {
@@ -150,4 +152,48 @@ def test_precheck_finds_responses_that_differ_only_in_padding(pad):
     ]
     expected = [True, True, True, False, False, False, True]
     assert [rejected_by_rules(p) for p in pairs] == expected
+    assert suspect_rows(frame(pairs), allowed_roles=ROLES).tolist() == expected
+
+
+@pytest.mark.parametrize("invisible", INVISIBLE + ["\u200b\u2060\ufeff\x00", " \u200b\n"])
+@pytest.mark.parametrize("part", ["prompt", "chosen", "rejected"])
+def test_text_of_invisible_characters_is_empty(invisible, part):
+    """Zero-width spaces, NULs, a BOM, a soft hyphen, tag characters: nothing a person sees."""
+    pair = {
+        "prompt": [{"role": "user", "content": "q"}],
+        "chosen": [{"role": "assistant", "content": "a"}],
+        "rejected": [{"role": "assistant", "content": "b"}],
+    }
+    pair[part] = [{"role": pair[part][0]["role"], "content": invisible}]
+    with pytest.raises(RowError) as err:
+        check_content(pair, allowed_roles=ROLES)
+    assert err.value.code == ("empty_prompt" if part == "prompt" else "empty_response")
+    assert suspect_rows(frame([pair]), allowed_roles=ROLES).tolist() == [True]
+
+
+@pytest.mark.parametrize("invisible", INVISIBLE)
+def test_responses_that_differ_only_by_invisible_characters_are_identical(invisible):
+    def pair(chosen: str, rejected: str) -> dict:
+        return {
+            "prompt": [{"role": "user", "content": "q"}],
+            "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}],
+        }
+
+    pairs = [
+        pair(f"sa{invisible}me", "same"),
+        pair("same", f"{invisible}same{invisible}"),
+        pair(f" same{invisible} ", "same"),
+        pair(f"a{invisible}b", "a b"),  # an invisible character is not a space
+        pair(f"x{invisible}", "y"),
+    ]
+    expected = [True, True, True, False, False]
+    codes = []
+    for p in pairs:
+        try:
+            check_content(p, allowed_roles=ROLES)
+            codes.append(None)
+        except RowError as err:
+            codes.append(err.code)
+    assert codes == ["identical_responses" if e else None for e in expected]
     assert suspect_rows(frame(pairs), allowed_roles=ROLES).tolist() == expected

@@ -20,7 +20,7 @@ MISSING: Any = object()
 """Returned by :func:`get_path` with ``required=False`` when the field is absent."""
 
 # Score values that mean "not rated" rather than "broken" (UltraFeedback uses "N/A").
-UNRATED_STRINGS = frozenset({"", "n/a", "na", "none", "null", "nan", "-"})
+UNRATED_STRINGS = frozenset({"", "n/a", "na", "none", "null", "-"})
 
 _TYPE_NAMES = {str: "string", int: "int", float: "float", bool: "bool", list: "list", dict: "object", type(None): "null"}
 
@@ -73,11 +73,15 @@ def get_str(row: Any, path: str) -> str:
     return value
 
 
-def parse_score(value: Any, field: str) -> float | None:
-    """A rating as a float; ``None`` for "not rated" (null, "N/A", NaN).
+def parse_score(value: Any, field: str, *, nan_is_missing: bool = False) -> float | None:
+    """A rating as a finite float; ``None`` for "not rated" (null, "N/A", "-").
 
     Numbers given as strings ("4", " 7.5 ") are accepted because CSV and some JSON dumps
-    store them so; any other string is an error, not a silent skip.
+    store them so; any other string is an error, not a silent skip. A non-finite value (NaN,
+    infinity, "inf", "nan", 1e999, JSON's bare ``Infinity``/``NaN``) is the error
+    ``non_finite_score``: no margin, ratio or ranking means anything with it.
+    ``nan_is_missing``: NaN means null (a table that went through pandas writes missing
+    integers as NaN; OASST's ranks).
     """
     if value is None:
         return None
@@ -85,20 +89,33 @@ def parse_score(value: Any, field: str) -> float | None:
         raise wrong_type(field, value, "number")
     if isinstance(value, (int, float)):
         try:
-            return None if math.isnan(value) else float(value)
+            number = float(value)
         except OverflowError:  # an integer beyond float range (JSON allows any size)
             raise RowError(
                 "invalid_value", f"field {field!r} is an integer too large for a score ({value.bit_length()} bits)", field=field
             ) from None
-    if isinstance(value, str):
+    elif isinstance(value, str):
         if value.strip().lower() in UNRATED_STRINGS:
             return None
         try:
             number = float(value.strip())
         except ValueError:
             raise RowError("invalid_value", f"field {field!r} is {value[:80]!r}, expected a number or 'N/A'", field=field) from None
-        return None if math.isnan(number) else number
-    raise wrong_type(field, value, "number")
+    else:
+        raise wrong_type(field, value, "number")
+    if math.isfinite(number):
+        return number
+    if nan_is_missing and math.isnan(number):
+        return None
+    raise RowError("non_finite_score", f"field {field!r} is {value!r}, not a finite number", field=field)
+
+
+def finite(value: Any, field: str) -> Any:
+    """``value`` unless it is a non-finite float (a vote or label of NaN or infinity): the
+    error ``non_finite_score``, as for scores."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise RowError("non_finite_score", f"field {field!r} is {value!r}, not a finite number", field=field)
+    return value
 
 
 def to_messages(value: Any, field: str, default_role: str) -> list[Message]:

@@ -169,7 +169,7 @@ def _parse(pos: int, row: dict, o: Options) -> Msg:
 
 def _rank(value: Any) -> int | None:
     """A whole number or null; numeric strings are accepted as in CSV files."""
-    score = parse_score(value, "rank")
+    score = parse_score(value, "rank", nan_is_missing=True)
     if score is None:
         return None
     if not score.is_integer():

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from curation.errors import NoPairs, RowError
 from curation.records import PairDraft
-from curation.stages.ingest.adapters._fields import get_path, parse_score, wrong_type
+from curation.stages.ingest.adapters._fields import finite, get_path, parse_score, wrong_type
 
 Scalar = int | float | str | bool
 
@@ -108,7 +108,7 @@ def _text(row: dict, field: str) -> str:
 def _judge(row: dict, o: Options) -> tuple[str, float | None, float | None, dict[str, Any]]:
     """(winner "a"|"b", winner score, loser score, metadata) or NoPairs for a tie."""
     if o.label_field is not None:
-        label = get_path(row, o.label_field)
+        label = finite(get_path(row, o.label_field), o.label_field)
         if _matches(label, o.a_value):
             return "a", None, None, {"label": label}
         if _matches(label, o.b_value):
@@ -130,7 +130,7 @@ def _judge(row: dict, o: Options) -> tuple[str, float | None, float | None, dict
         return win, hi, lo, meta
     votes = {"a": 0, "b": 0, "tie": 0}
     for f in o.vote_fields:
-        v = get_path(row, f)
+        v = finite(get_path(row, f), f)
         if v is None:
             continue  # abstention
         kind = next((k for k, e in (("a", o.a_vote), ("b", o.b_vote), ("tie", o.tie_vote)) if _matches(v, e)), None)

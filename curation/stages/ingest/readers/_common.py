@@ -7,6 +7,7 @@ these helpers to locals.
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import hashlib
 import io
@@ -25,6 +26,9 @@ GZIP_MAGIC = b"\x1f\x8b"
 BOM = b"\xef\xbb\xbf"
 # What a gzip stream raises when it ends early or is corrupt part-way through.
 GZIP_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
+# Byte order marks of the UTF encodings other than UTF-8, longest first (UTF-32 LE starts like UTF-16 LE).
+UTF_BOMS = ((b"\xff\xfe\x00\x00", "utf-32-le"), (b"\x00\x00\xfe\xff", "utf-32-be"), (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"))
+SNIFF_BYTES = 512
 
 
 @dataclass(slots=True)
@@ -172,6 +176,46 @@ def is_gzip_name(path: Path) -> bool:
     return path.name.lower().endswith(".gz")
 
 
+@dataclass(frozen=True)
+class Layout:
+    """How a text file's bytes become UTF-8 text: gzipped or not (by its signature, whatever
+    its name), and its encoding when a byte order mark says it is UTF-16 or UTF-32."""
+
+    gzip: bool
+    encoding: str | None  # None: UTF-8
+
+    @property
+    def plain(self) -> bool:
+        return not self.gzip and self.encoding is None
+
+
+def sniff(path: Path) -> Layout:
+    """The file's ``Layout``, from its first bytes (after gunzipping). A file that holds NUL
+    bytes early on and has no byte order mark is UTF-16/32 without one, or not text at all:
+    a ``SourceError`` that says so, instead of a row of garbage per line."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(SNIFF_BYTES)
+    except OSError as err:
+        raise translate_os_error(path, err) from None
+    packed = head[:2] == GZIP_MAGIC
+    if packed:
+        try:
+            with gzip.open(path, "rb") as f:
+                head = f.read(SNIFF_BYTES)
+        except (OSError, *GZIP_ERRORS):
+            return Layout(True, None)  # a broken stream: the reader quarantines what it cannot read
+    for bom, encoding in UTF_BOMS:
+        if head.startswith(bom):
+            return Layout(packed, encoding)
+    if head.count(0) * 4 >= len(head) > 0:
+        raise SourceError(
+            f"{path} is not UTF-8 text: {head.count(0)} of its first {len(head)} bytes are NUL (UTF-16 or UTF-32 without a "
+            "byte order mark, or a binary file); save it as UTF-8 (or UTF-16 with a byte order mark)"
+        )
+    return Layout(packed, None)
+
+
 def check_file(path: Path) -> None:
     """File-level checks done when the source is opened, before any row is read."""
     try:
@@ -182,23 +226,59 @@ def check_file(path: Path) -> None:
     if is_gzip_name(path) and head != GZIP_MAGIC:
         what = "it is empty" if not head else "it does not start with the gzip signature"
         raise SourceError(f"{path} is not a gzip file ({what}); decompress it or fix its name")
+    sniff(path)
 
 
-def open_stream(path: Path) -> tuple[io.BufferedReader, _HashingRaw]:
-    """The file's content as a buffered byte stream (gunzipped for ``.gz`` names), and
-    the hashing raw file under it (its sha256 is that of the bytes on disk). Close both
-    (``with hashed, stream:``): a GzipFile does not close the file it reads from.
+class _Utf8(io.RawIOBase):
+    """A UTF-16 or UTF-32 byte stream as UTF-8 bytes, decoded as it is read. Invalid code
+    units come through as lone surrogates, so the row that holds one is quarantined as
+    undecodable text; a stream that ends in the middle of a character is a ``SourceError``."""
+
+    def __init__(self, source: io.RawIOBase | io.BufferedIOBase, encoding: str, label: str):
+        self._source, self._encoding, self._label = source, encoding, label
+        self._decoder = codecs.getincrementaldecoder(encoding)(errors="surrogatepass")
+        self._pending = b""
+        self._done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        while not self._pending and not self._done:
+            chunk = self._source.read(READ_BUFFER)
+            try:
+                text = self._decoder.decode(chunk or b"", final=not chunk)
+            except UnicodeDecodeError as err:
+                raise SourceError(
+                    f"{self._label} is not valid {self._encoding} text: it ends in the middle of a character ({err.reason})"
+                ) from None
+            self._pending = text.encode("utf-8", "surrogatepass")
+            self._done = not chunk
+        n = min(len(b), len(self._pending))
+        b[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+
+def open_stream(path: Path, layout: Layout | None = None) -> tuple[io.BufferedReader, _HashingRaw]:
+    """The file's content as a buffered stream of UTF-8 bytes (gunzipped when it is gzip,
+    decoded when it is UTF-16/32: ``sniff``), and the hashing raw file under it (its sha256 is
+    that of the bytes on disk). Close both (``with hashed, stream:``): a GzipFile does not
+    close the file it reads from.
 
     GzipFile is used as is, not under a second buffer: its reads return what has been
     decompressed so far, so when the stream ends early every complete line before the
     break has been handed out (a buffer filling itself to 1 MiB would lose them)."""
+    layout = layout or sniff(path)
     try:
         hashed = _HashingRaw(path)
     except OSError as err:
         raise translate_os_error(path, err) from None
-    stream = io.BufferedReader(hashed, READ_BUFFER)
-    if is_gzip_name(path):
-        return gzip.GzipFile(fileobj=stream, mode="rb"), hashed  # type: ignore[return-value]
+    stream: Any = io.BufferedReader(hashed, READ_BUFFER)
+    if layout.gzip:
+        stream = gzip.GzipFile(fileobj=stream, mode="rb")
+    if layout.encoding is not None:
+        stream = io.BufferedReader(_Utf8(stream, layout.encoding, str(path)), READ_BUFFER)
     return stream, hashed
 
 

@@ -65,7 +65,9 @@ class JsonReader(FileReaderBase):
         try:
             doc = json.loads(text)
         except json.JSONDecodeError as err:
-            raise SourceError(f"{self.label} is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}") from None
+            raise SourceError(
+                f"{self.label} is not valid JSON: {err.msg.removesuffix(' at')} at line {err.lineno}, column {err.colno}"
+            ) from None
         except RecursionError:
             raise SourceError(f"{self.label} is not valid JSON: it is nested too deeply") from None
         except ValueError as err:  # valid syntax Python will not read, e.g. an integer of over 4,300 digits

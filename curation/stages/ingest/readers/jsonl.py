@@ -26,10 +26,10 @@ from curation.stages.ingest.readers._common import (
     cut_utf8,
     describe_decode_error,
     error_row,
-    is_gzip_name,
     open_stream,
     raw_text,
     skip_bom,
+    sniff,
 )
 
 try:  # optional speed-up; never a dependency
@@ -88,15 +88,16 @@ class JsonlReader(FileReaderBase):
         """The file's lines in blocks of about ``block_bytes`` (default ``BLOCK_BYTES``), with the
         error rows of lines that never make it into a block (too large, a broken gzip stream)
         between them, in file order. The source's row limit does not apply: callers with a
-        limit use ``rows()``. A plain file is read in chunks whose line breaks numpy finds;
-        a gzipped one line by line, so a stream that breaks off loses no complete line."""
+        limit use ``rows()``. A plain UTF-8 file is read in chunks whose line breaks numpy
+        finds; a gzipped or UTF-16/32 one line by line, so a stream that breaks off loses no
+        complete line."""
         block_bytes = block_bytes or BLOCK_BYTES
-        if is_gzip_name(self.path):
-            yield from self._gzip_blocks(block_bytes)
+        if not sniff(self.path).plain:
+            yield from self._line_blocks(block_bytes)
         else:
             yield from self._plain_blocks(block_bytes)
 
-    def _gzip_blocks(self, block_bytes: int) -> Iterator[LineBlock | RawRow]:
+    def _line_blocks(self, block_bytes: int) -> Iterator[LineBlock | RawRow]:
         first = 0  # index of lines[0]; an error row ends the block, so its lines are consecutive
         lines: list[bytes] = []
         size = 0
@@ -261,7 +262,7 @@ class JsonlReader(FileReaderBase):
         try:
             value = json.loads(text)
         except json.JSONDecodeError as err:
-            msg = f"{where} is not valid JSON: {err.msg} at column {err.colno}"
+            msg = f"{where} is not valid JSON: {err.msg.removesuffix(' at')} at column {err.colno}"
             if not line.endswith(b"\n"):
                 msg += " (it is the last line and has no line break: the file may be truncated)"
             return error_row(index, "unparsable_json", msg, raw, size)
