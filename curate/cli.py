@@ -195,7 +195,16 @@ def print_funnel(result: dict) -> None:
             f"Filter accounting: {fc['pairs_in']:,} pairs in = {fc['filtered']:,} filtered + {fc['pairs_out']:,} published"
             f" ({fc['flipped']:,} flipped, {fc['routed']:,} routed to people)"
         )
+    if f.get("evaluation", {}).get("rows"):
+        print_evaluation(f["evaluation"])
     _accounting_line(f)
+
+
+def print_evaluation(e: dict) -> None:
+    from curation.report.evaluation import EVALUATION_HEADER, evaluation_rows
+
+    title = f"Evaluation: {e['eval_pairs']:,} held-out human-labelled pairs ({e['leaked_excluded']:,} left out as leaked)"
+    console.print(_text_table(title, EVALUATION_HEADER, evaluation_rows(e["rows"])))
 
 
 def _accounting_line(f: dict) -> None:
@@ -378,6 +387,10 @@ def _print_run_result(result: dict, data_root: str) -> None:
     )
     if result.get("funnel", {}).get("filter", {}).get("routed"):
         console.print(f"         curate route export {name} --out queue/{name}   # the pairs routed to people, as annotation tasks")
+    if result.get("funnel", {}).get("evaluation") and version > 1:
+        console.print(
+            f"         curate eval {name}@{version - 1} {name}@{version}   # this version against the last, on the same held-out pairs"
+        )
 
 
 @app.command()
@@ -684,9 +697,17 @@ def export(
         None, "--tokenizer", help="Chat-template tokenizer for --style standard: 'smollm2' or a local HF folder."
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output folder."),
+    no_card: bool = typer.Option(False, "--no-card", help="Do not write README.md (the Hugging Face dataset card)."),
+    licence: str | None = typer.Option(
+        None, "--license", help="Licence id for the card (default: what the recipe's sources declare, else 'other')."
+    ),
+    push_to_hub: str | None = typer.Option(None, "--push-to-hub", metavar="REPO", help="Then upload the folder to this Hub dataset repo."),
+    private: bool = typer.Option(False, "--private", help="With --push-to-hub: create the repo private."),
     data_root: str | None = DataRoot,
 ) -> None:
-    """Export a dataset version as DPO-ready files (TRL format, seeded train/test split)."""
+    """Export a dataset version as DPO-ready files (TRL format, seeded train/test split), with a
+    Hugging Face dataset card (README.md: the recipe, funnel, agreement, decontamination and
+    evaluations of the version), and optionally push the folder to the Hub."""
     from curation.export.trl import export_trl
     from curation.store.catalog import DatasetStore
 
@@ -722,6 +743,14 @@ def export(
         console.print(f"Skipped {result.skipped_unlabeled:,} unlabeled (generated) pairs: label them before training on them.")
     for f in result.files:
         console.print(f"  {f}")
+    if not no_card:
+        from curation.export.card import write_card
+
+        console.print(f"Dataset card: {write_card(store, info, result, licence=licence)}")
+    if push_to_hub:
+        from curation.export.hub import push
+
+        console.print(f"Pushed to the Hub dataset {push_to_hub}: {push(out, push_to_hub, private)}")
 
 
 @route_app.command("export")
@@ -814,6 +843,94 @@ def report(
     print(path)
     if not no_open and open_in_browser(path):
         err_console.print("opened in your browser")
+
+
+@app.command(name="eval")
+@friendly
+def eval_(
+    targets: list[str] = typer.Argument(..., help="Versions to compare (NAME@V ...), or with --ablate one recipe."),
+    eval_set: str | None = typer.Option(
+        None,
+        "--set",
+        help="What to measure on: a recipe (its evaluate.sources) or a data file (with --adapter). "
+        "Default: the first version's own held-out evaluation pairs.",
+    ),
+    adapter: str | None = typer.Option(None, "--adapter", help="Adapter of a --set data file (hh_rlhf, trl, rated, shp, oasst, mapping)."),
+    trainer: list[str] | None = typer.Option(None, "--trainer", help="bt_embed (default), reward_model, dpo; repeat for several."),
+    seeds: str | None = typer.Option(None, "--seeds", help="Seeds per trainer, e.g. 0,1,2 (default: the recipe's, or 0)."),
+    ablate: bool = typer.Option(False, "--ablate", help="Measure the recipe's filter steps: none, all, and each one left out."),
+    local: bool = typer.Option(False, "--local", help="With --ablate: run the stages in this process, without Prefect's stage cache."),
+    data_root: str | None = DataRoot,
+) -> None:
+    """Prove the curation: train proxy models on dataset versions and measure them on human preferences they never saw.
+
+    Every variant is measured on the same human-labelled pairs (leaked prompts left out of
+    all), beside the baselines "random", "longer wins" and "shorter wins"; each variant's
+    difference to the first comes with a paired 95% interval.
+
+        curate eval hh-harmless@1 hh-harmless@3
+        curate eval hh-harmless@2 hh-harmless@3 --set recipes/eval.yaml --trainer bt_embed --trainer reward_model
+        curate eval recipes/hh-rlhf-sample.yaml --ablate
+
+    A killed evaluation resumes from its last finished variant. The results go to the
+    dataset's evaluation log (`curate sql "SELECT * FROM evaluation_log"`).
+    """
+    from curation.run.evaluation import evaluation_set, run_evaluation, settings, version_variants, write_log
+
+    if ablate:
+        if len(targets) != 1 or not targets[0].endswith((".yaml", ".yml")):
+            raise CurationError("--ablate takes one recipe: curate eval RECIPE.yaml --ablate")
+        from curation.config import load_config
+        from flows.ablate import ablate_recipe
+        from flows.curate import set_progress
+
+        progress = run_progress(load_config(targets[0], data_root=data_root))
+        set_progress(progress)
+        result = ablate_recipe(
+            targets[0], data_root=data_root, eval_set=eval_set, adapter=adapter, trainers=trainer, seeds=seeds, local=local,
+            progress=progress, say=lambda line: err_console.print(line, highlight=False, markup=False),
+        )  # fmt: skip
+        print_ablation(result)
+        return
+    refs = [parse_ref(t) for t in targets]
+    variants = version_variants(_root(data_root), refs)
+    pairs, described, section = evaluation_set(eval_set, adapter, variants[0], _root(data_root))
+    cfg = settings(section, trainer, seeds)
+    work_root = _work_root(data_root)
+    progress = run_progress_for(refs[0][0], work_root)
+    eid, rows, _ = run_evaluation(
+        refs[0][0], variants, pairs, described, cfg, work_root=work_root, progress=progress,
+        on_variant=lambda name, resumed: err_console.print(f"{name}: {'taken from the earlier run' if resumed else 'training'}"),
+    )  # fmt: skip
+    write_log(_root(data_root), refs[0][0], eid, rows)
+    print_evaluation({"rows": rows, "eval_pairs": rows[0]["eval_pairs"], "leaked_excluded": rows[0]["leaked_excluded"]})
+    console.print(
+        f"Evaluation {eid} in the evaluation log of {refs[0][0]}: curate sql \"SELECT * FROM evaluation_log WHERE evaluation_id = '{eid}'\""
+    )
+
+
+def run_progress_for(dataset: str, work_root: str) -> Progress:
+    from types import SimpleNamespace
+
+    return run_progress(SimpleNamespace(work_root=work_root, publish=SimpleNamespace(dataset=dataset)))
+
+
+def _work_root(data_root: str | None) -> str:
+    """Where trainers keep their work and resume points: the data root if it is a local folder, else ./data."""
+    from curation.config import is_url
+
+    root = _root(data_root)
+    return "data" if is_url(root) else root
+
+
+def print_ablation(result: dict) -> None:
+    print_evaluation(
+        {"rows": result["rows"], "eval_pairs": result["rows"][0]["eval_pairs"], "leaked_excluded": result["rows"][0]["leaked_excluded"]}
+    )
+    console.print("What each filter step contributes (all steps minus the step left out; paired 95% interval):")
+    for line in result["contributions"]:
+        console.print(f"  {line}", highlight=False, markup=False)
+    console.print(f"Evaluation {result['evaluation_id']} in the evaluation log of {result['dataset']}.")
 
 
 @app.command()

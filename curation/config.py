@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,44 +16,12 @@ import yaml
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from curation.errors import ConfigError, repeated
+from curation.evaluate.config import EvaluateConfig
+from curation.sources import SourceConfig, check_dataset_name
 from curation.stages.filter.config import FilterConfig
 from curation.stages.generate.config import GenerateConfig
 from curation.stages.label.config import PROMPT_FILE_SUFFIXES, LabelConfig
 from curation.strict import Strict
-
-DATASET_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-
-SourceFormat = Literal["auto", "jsonl", "json", "csv", "parquet", "hf_disk", "hf"]
-
-
-def check_dataset_name(name: str) -> str:
-    """Dataset names become directory names under the data root: no path can escape it."""
-    if not isinstance(name, str) or not DATASET_NAME.match(name):
-        raise ConfigError(
-            f"invalid dataset name {name!r}: use 1-64 lowercase letters, digits, '-' or '_', "
-            "starting with a letter or digit (names become folders under the data root)"
-        )
-    return name
-
-
-class SourceConfig(Strict):
-    """One input: where it is, how to read it, and which adapter turns rows into pairs."""
-
-    name: str = Field(description="short name, recorded on every pair as source_dataset")
-    path: str = Field(description="file, glob, saved HF dataset folder, or HF hub name (format: hf)")
-    format: SourceFormat = "auto"
-    adapter: str = Field(description="hh_rlhf | trl | rated | shp | mapping | oasst")
-    options: dict[str, Any] = Field(default_factory=dict, description="adapter options (see the adapter)")
-    split: str | None = Field(default=None, description="HF datasets split (default: train, or the only one)")
-    hf_config: str | None = Field(default=None, description="HF datasets config name")
-    label_source: Literal["human", "ai", "model", "unlabeled"] = "human"
-    label_model: str | None = None
-    limit: int | None = Field(default=None, ge=1, description="read at most this many rows (for quick runs)")
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        return check_dataset_name(v)
 
 
 class ValidateConfig(Strict):
@@ -121,6 +88,9 @@ class RunConfig(Strict):
     generate: GenerateConfig | None = Field(default=None, description="generate candidates for the kept prompts (optional)")
     label: LabelConfig | None = Field(default=None, description="label the kept and generated pairs with AI labelers (optional)")
     filter: FilterConfig | None = Field(default=None, description="noise filters and human routing over the labelled pairs (optional)")
+    evaluate: EvaluateConfig | None = Field(
+        default=None, description="measure the curation: proxy models trained on the published pairs, tested on held-out human labels"
+    )
     data_root: str = Field(
         default="data",
         description="where datasets live: a folder (relative to the working directory) or an object-store URL (s3://bucket/prefix)",
@@ -176,6 +146,8 @@ class RunConfig(Strict):
             d.pop("filter", None)
         for step in (d.get("filter") or {}).get("steps", []):
             step.pop("batch_size", None)
+        if d.get("evaluate") is None:
+            d.pop("evaluate", None)
         if d.get("label") is None:
             d.pop("label", None)
         else:
@@ -214,19 +186,25 @@ def parse_config(data: Any, *, where: str = "(inline)", base_dir: Path | None = 
         raise ConfigError(f"invalid recipe {where}: {err}") from None
     if base_dir is not None:
         _resolve_label_paths(cfg, base_dir)
+        _resolve_benchmark_paths(cfg, base_dir)
         gen = cfg.generate
         if gen is not None and gen.prompts.path and not Path(gen.prompts.path).is_absolute():
             gen.prompts.path = str((base_dir / gen.prompts.path).resolve())
-        for src in cfg.sources:
+        for src in [*cfg.sources, *(cfg.evaluate.sources if cfg.evaluate else [])]:
             if src.format != "hf" and not Path(src.path).is_absolute() and not src.path.startswith(("hf://", "s3://")):
                 src.path = str((base_dir / src.path).resolve())
     from curation.stages.ingest.adapters import check_options  # late: adapters import records only
 
-    for i, src in enumerate(cfg.sources):
-        try:
-            check_options(src.adapter, src.options)
-        except ConfigError as err:
-            raise ConfigError(f"invalid recipe {where}: sources.{i} ({src.name}): {err}") from None
+    evaluation = cfg.evaluate.sources if cfg.evaluate else []
+    for section, sources in (("sources", cfg.sources), ("evaluate.sources", evaluation)):
+        for i, src in enumerate(sources):
+            try:
+                check_options(src.adapter, src.options)
+            except ConfigError as err:
+                raise ConfigError(f"invalid recipe {where}: {section}.{i} ({src.name}): {err}") from None
+    clash = sorted({s.name for s in cfg.sources} & {s.name for s in evaluation})
+    if clash:
+        raise ConfigError(f"invalid recipe {where}: evaluate.sources and sources share the name(s) {', '.join(clash)}; name them apart")
     return cfg
 
 
@@ -241,6 +219,14 @@ def _resolve_label_paths(cfg: RunConfig, base_dir: Path) -> None:
         system = getattr(lab, "system_prompt", None)  # a file name or the prompt text itself
         if system and "\n" not in system and system.strip().endswith(PROMPT_FILE_SUFFIXES) and not Path(system.strip()).is_absolute():
             lab.system_prompt = str((base_dir / system.strip()).resolve())
+
+
+def _resolve_benchmark_paths(cfg: RunConfig, base_dir: Path) -> None:
+    """Benchmark files named in decontaminate steps are relative to the recipe, like sources."""
+    for step in cfg.filter.steps if cfg.filter is not None else []:
+        for bench in getattr(step, "benchmarks", None) or []:
+            if not Path(bench.path).is_absolute():
+                bench.path = str((base_dir / bench.path).resolve())
 
 
 def load_config(path: str | Path, *, data_root: str | None = None) -> RunConfig:

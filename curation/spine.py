@@ -1,6 +1,6 @@
 """The spine: every stage of a curation run, in the order they run. Written here and nowhere else.
 
-ingest -> validate -> dedup -> [generate] -> [label] -> [filter] -> publish
+ingest -> validate -> dedup -> [evaluation_set] -> [generate] -> [label] -> [filter] -> [evaluate] -> publish
 
 The local runner (``curation.run.runner.curate``), the Prefect flow (``flows/curate.py``),
 the stage cache keys (``flows/caching.py``), the funnel and the row-accounting checks
@@ -14,13 +14,24 @@ from __future__ import annotations
 from curation.config import RunConfig
 from curation.stages.base import Stage
 from curation.stages.dedup.stage import DedupStage
+from curation.stages.evaluate.stage import EvaluateStage
+from curation.stages.evaluation_set.stage import EvaluationSetStage
 from curation.stages.filter.stage import FilterStage
 from curation.stages.generate.stage import GenerateStage
 from curation.stages.ingest.stage import IngestStage
 from curation.stages.label.stage import LabelStage
 from curation.stages.validate.stage import ValidateStage
 
-SPINE: tuple[Stage, ...] = (IngestStage(), ValidateStage(), DedupStage(), GenerateStage(), LabelStage(), FilterStage())
+SPINE: tuple[Stage, ...] = (
+    IngestStage(),
+    ValidateStage(),
+    DedupStage(),
+    EvaluationSetStage(),
+    GenerateStage(),
+    LabelStage(),
+    FilterStage(),
+    EvaluateStage(),
+)
 
 
 def _check_order(stages: tuple[Stage, ...]) -> None:

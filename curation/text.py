@@ -23,10 +23,18 @@ PY_WHITESPACE = (
 so Polars' ``strip_chars(PY_WHITESPACE)`` strips what ``str.strip()`` strips."""
 
 
+PLANES_WITH_CONTROLS = (range(0x20000), range(0xE0000, 0xE1000))
+"""Where Unicode puts its control and format characters: the basic and supplementary
+multilingual planes and the tags block (tests/test_text.py checks every other code point)."""
+
+
 @cache
 def invisible_code_points() -> tuple[int, ...]:
-    """Every code point of category Cc or Cf that is not whitespace (about 200; ~0.3 s, once)."""
-    return tuple(cp for cp in range(0x110000) if unicodedata.category(chr(cp)) in ("Cc", "Cf") and not chr(cp).isspace())
+    """Every code point of category Cc or Cf that is not whitespace (about 200), from the
+    planes that have any (0.03 s, once; all of Unicode takes 0.2 s)."""
+    return tuple(
+        cp for plane in PLANES_WITH_CONTROLS for cp in plane if unicodedata.category(chr(cp)) in ("Cc", "Cf") and not chr(cp).isspace()
+    )
 
 
 def regex_class(code_points: list[int] | tuple[int, ...], *, negate: bool = False) -> str:

@@ -126,15 +126,20 @@ def publish_task(cfg: RunConfig, run_dir: str, outs: dict[str, StageOutput], for
         return same.info, None
 
 
-def _run_stages(cfg: RunConfig, run_dir: str) -> tuple[dict[str, PrefectFuture | StageOutput], dict[str, StageOutput], list[str]]:
-    """Every stage of the spine the recipe runs: the cached ones submitted as tasks, each on its
-    upstream stages' futures (Prefect records the edges), the others in the flow body.
+def run_stages(
+    cfg: RunConfig, run_dir: str, *, until: str | None = None
+) -> tuple[dict[str, PrefectFuture | StageOutput], dict[str, StageOutput], list[str]]:
+    """Every stage of the spine the recipe runs (those before ``until`` only, when given): the
+    cached ones submitted as tasks, each on its upstream stages' futures (Prefect records the
+    edges), the others in the flow body. Call it inside a flow.
     Returns (futures or outputs by stage, outputs by stage, the stages reused from the cache)."""
     records = caching.records_dir(cfg)
     slots = caching.slots(cfg, caching.stage_keys(cfg, source_fingerprints(cfg)))
     handles: dict[str, PrefectFuture | StageOutput] = {}
     outs: dict[str, StageOutput] = {}
     stages = spine.active(cfg)
+    if until is not None:
+        stages = stages[: next((i for i, s in enumerate(stages) if s.name == until), len(stages))]
     boundary = pipeline.first_model_stage(stages)
     for i, stage in enumerate(stages):
         if i == boundary and _on_curated is not None and handles:
@@ -169,7 +174,7 @@ def curate_flow(
     caching.prune(cfg)  # half-built cache entries of killed runs first
     run_dir = str(publishing.new_run_dir(cfg))
     try:
-        handles, outs, cached = _run_stages(cfg, run_dir)
+        handles, outs, cached = run_stages(cfg, run_dir)
         if cached:
             logger.info("reused from the stage cache: %s", ", ".join(cached))
         t0 = time.perf_counter()

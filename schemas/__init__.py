@@ -34,7 +34,7 @@ TYPES: dict[str, pa.DataType] = {
 
 VALID_ROLES = frozenset({"system", "user", "assistant", "tool"})
 LABEL_SOURCES = frozenset({"human", "ai", "model", "unlabeled"})
-DECISIONS = frozenset({"kept", "filtered", "flipped", "routed"})
+DECISIONS = frozenset({"kept", "filtered", "flipped", "routed", "held_out_for_eval"})
 
 
 @dataclass(frozen=True)

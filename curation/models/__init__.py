@@ -7,7 +7,6 @@ a module and a line in ``BACKENDS``; no technique changes.
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 from curation.errors import ConfigError
@@ -25,6 +24,7 @@ from curation.models.base import (
     Usage,
 )
 from curation.models.config import BackendConfig
+from curation.registry import load
 
 BACKENDS: dict[str, str] = {
     "transformers": "curation.models.transformers_backend:TransformersBackend",
@@ -38,8 +38,7 @@ BACKENDS: dict[str, str] = {
 def backend_class(name: str) -> type[ModelBackend]:
     if name not in BACKENDS:
         raise ConfigError(f"unknown backend {name!r}; known backends: {', '.join(BACKENDS)}")
-    module, _, attr = BACKENDS[name].partition(":")
-    return getattr(importlib.import_module(module), attr)
+    return load(BACKENDS[name])
 
 
 def check_backend(cfg: BackendConfig, data_root: str | Path = "data") -> None:

@@ -21,6 +21,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from curation.report.evaluation import evaluation_section
 from curation.report.filters import filter_section
 from curation.report.generation import GENERATION_HEADER, generation_rows, generation_section
 from curation.report.labels import AGREEMENT_HEADER, LABELER_HEADER, agreement_rows, labeler_rows, labels_sections
@@ -53,6 +54,7 @@ def funnel_steps(f: dict[str, Any]) -> list[tuple[str, int]]:
             ("filtered (dedup)", -f["pairs_filtered"]),
             ("kept", f["kept"]),
         ]
+        + ([("held out for evaluation", -f["evaluation_set"]["held_out"])] if "evaluation_set" in f else [])
         + (
             [
                 ("generated pairs considered", f["generated"]["pairs_considered"]),
@@ -211,6 +213,7 @@ def sections(summary: dict[str, Any], png: bytes) -> list[Section]:
         generation_section(f),
         *labels_sections(f),
         filter_section(f),
+        evaluation_section(f),
         _sources_section(f),
         _inputs_section(summary.get("inputs") or []),
     ]

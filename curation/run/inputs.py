@@ -9,10 +9,11 @@ from curation.store.catalog import DatasetStore, VersionInfo
 
 
 def source_fingerprints(cfg: RunConfig) -> list[dict]:
-    """Fingerprints of the sources' files (what the ingest stage reads; the flow's stage cache keys on them)."""
+    """Fingerprints of the sources' files, the evaluation sources' too (what the ingest and
+    evaluation-set stages read; the flow's stage cache keys on them)."""
     limits = cfg.validate_
     fps = []
-    for src in cfg.sources:
+    for src in [*cfg.sources, *(cfg.evaluate.sources if cfg.evaluate else [])]:
         for reader in open_source(src, max_row_bytes=limits.max_row_bytes, raw_limit_bytes=limits.raw_limit_bytes):
             fps.append({"source": src.name, **reader.fingerprint()})
     return fps

@@ -13,8 +13,8 @@ list, so adding a stage is one module and one entry there.
 Published tables: a stage contributes its files to tables of the version either by
 ``APPEND`` (added after what earlier stages contributed: decisions, quarantine, pairs from
 dedup and generation) or ``REPLACE`` (the table becomes this stage's file: the filter stage's
-pairs supersede the ones it read). The pairs a stage works on are the ``pairs`` its upstream
-stages append (``pair_files``).
+pairs supersede the ones it read). The pairs a stage works on are the ``pairs`` table as its
+upstream stages leave it (``pair_files``).
 """
 
 from __future__ import annotations
@@ -103,9 +103,10 @@ class Stage:
 
 
 def pair_files(upstream: Mapping[str, StageOutput]) -> list[str]:
-    """The pairs the upstream stages hand on, in spine order: the files they append to the
-    published ``pairs`` table (dedup's kept pairs, then the generated pairs)."""
-    return [out.files["pairs"] for out in upstream.values() if out.publishes.get("pairs") == APPEND]
+    """The pairs the upstream stages hand on, in spine order: the ``pairs`` table as it stands
+    after them (dedup's kept pairs, less any held out for evaluation, then the generated ones;
+    after the filter stage, its pairs)."""
+    return published_files(upstream).get("pairs", [])
 
 
 def published_files(outs: Mapping[str, StageOutput]) -> dict[str, list[str]]:

@@ -32,9 +32,9 @@ import duckdb
 import pyarrow as pa
 
 from curation import owners
-from curation.config import DATASET_NAME
 from curation.errors import ConfigError
 from curation.files import file_digest
+from curation.sources import DATASET_NAME
 from curation.store.duck import detach, is_lock_error, lit, new_alias, open_duckdb
 from curation.store.names import RESERVED_DATASETS, check_name
 from curation.store.transport import CatalogTransport, Staged, Staging, Transaction

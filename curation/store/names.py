@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import re
 
-from curation.config import check_dataset_name
 from curation.errors import ConfigError
+from curation.sources import check_dataset_name
 
 # DuckDB reserves these catalog names, and query.py attaches each dataset under its own name.
 RESERVED_DATASETS = frozenset({"main", "temp", "system", "memory"})

@@ -48,8 +48,8 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from curation.config import DATASET_NAME
 from curation.errors import CurationError
+from curation.sources import DATASET_NAME
 from curation.store import s3 as objectstore
 from curation.store.duck import detach, ident, new_alias, open_duckdb
 from curation.store.names import RESERVED_DATASETS, check_name

@@ -2,8 +2,8 @@
 
 Every published dataset is attached read-only under its own name (``SELECT * FROM hh.pairs``;
 quote names with '-': ``"hh-v2".pairs``). One dataset is the *default*: its tables are also
-plain views (``pairs``, ``decisions``, ``quarantine``, ...) beside a ``versions`` table,
-so the common question is one short query. ``"NAME@N".pairs`` reads version N of NAME, and
+plain views (``pairs``, ``decisions``, ``quarantine``, ...) beside a ``versions`` table and
+its ``evaluation_log`` (every ``curate eval`` of it), so the common question is one short query. ``"NAME@N".pairs`` reads version N of NAME, and
 ``datasets`` lists what is published.
 
 Attached catalogs are private copies (see ``curation.store.local``), so a connection held open for
@@ -80,6 +80,22 @@ def _views(con: duckdb.DuckDBPyConnection, schema: str, info: VersionInfo) -> No
         )
 
 
+def evaluation_log(store: DatasetStore, dataset: str) -> pa.Table:
+    """Every ``curate eval`` result of a dataset (``DATASET/evaluations/*.parquet``, written
+    beside its versions): small, so loaded whole into the connection."""
+    import tempfile
+
+    import pyarrow.parquet as pq
+
+    from schemas import arrow_schema
+
+    schema = arrow_schema("evaluations")
+    with tempfile.TemporaryDirectory(prefix="curate-evallog-") as tmp:
+        folder = store.get_files(dataset, "evaluations", tmp)
+        files = sorted(folder.glob("*.parquet")) if folder is not None else []
+        return pa.concat_tables([pq.read_table(f).cast(schema) for f in files]) if files else schema.empty_table()
+
+
 def _load(con: duckdb.DuckDBPyConnection, name: str, arrow: pa.Table) -> None:
     con.register("_curate_tmp", arrow)
     con.execute(f"CREATE TABLE {ident(name)} AS SELECT * FROM _curate_tmp")
@@ -150,6 +166,7 @@ def _open(root: str | Path, dataset: str | None, version: int | None, query: str
             raise DatasetNotFound(f"no published dataset named {dataset!r} under {store.root}; published: {have}")
         _views(con, "main", store.pick(published[dataset], dataset, version))
         _load(con, "versions", _versions_table(published[dataset]))
+        _load(con, "evaluation_log", evaluation_log(store, dataset))
         _load(con, "datasets", _datasets_table(published))
         for name, number in sorted(set(VERSION_REF.findall(query or ""))):
             if name not in published:

@@ -171,8 +171,8 @@ def test_row_writer_flushes_large_rows_before_batch_size(tmp_path):
     assert meta.num_rows == 10 and meta.num_row_groups == 3
 
     # pairs from the row path: their text is in the messages
-    from curation.config import SourceConfig
     from curation.records import PairDraft
+    from curation.sources import SourceConfig
     from curation.stages.ingest.rows import pair_row
 
     src = SourceConfig(name="s", path="f.jsonl", adapter="trl")

@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from curation.config import check_dataset_name
 from curation.errors import ConfigError, CurationError
+from curation.sources import check_dataset_name
 from curation.store.catalog import DatasetStore
 from curation.store.query import sql
 from tests.store.test_catalog import META, pairs_table

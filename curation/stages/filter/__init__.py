@@ -6,8 +6,9 @@ Each step is one module with a pure ``run(cfg, pairs, labels, ctx) -> StepResult
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
+
+from curation.registry import load
 
 STEPS: dict[str, str] = {
     "margin": "curation.stages.filter.margin:run",
@@ -17,13 +18,13 @@ STEPS: dict[str, str] = {
     "semantic_dedup": "curation.stages.filter.semantic_dedup:run",
     "prompt_cap": "curation.stages.filter.prompt_cap:run",
     "ai_label": "curation.stages.filter.ai_label:run",
+    "decontaminate": "curation.stages.filter.decontaminate:run",
     "route": "curation.stages.filter.route:run",
 }
 
 
 def step_function(kind: str) -> Callable:
-    module, _, attr = STEPS[kind].partition(":")
-    return getattr(importlib.import_module(module), attr)
+    return load(STEPS[kind])
 
 
 __all__ = ["STEPS", "step_function"]

@@ -69,11 +69,15 @@ class FramePairs:
 
 @dataclass
 class StepContext:
-    """What a step may use besides its inputs: model backends (shared by the run) and progress."""
+    """What a step may use besides its inputs: model backends (shared by the run), progress, and
+    the run's evaluation prompts (``evaluation_prompts``: the texts of the held-out and
+    evaluation pairs' prompts, which no training pair may contain; None when the recipe
+    evaluates nothing)."""
 
     backends: BackendPool | None = None
     progress: Progress = field(default_factory=NoProgress)
     data_root: str = "data"
+    evaluation_prompts: list[str] | None = None
 
 
 @dataclass

@@ -141,6 +141,41 @@ class AILabelStep(StepBase):
     undecided: Literal["filter", "keep"] = Field(default="filter", description="pairs with no valid or a zero mean margin")
 
 
+class BenchmarkFile(Strict):
+    """A file of benchmark prompts: JSONL, JSON (a list of objects), Parquet, or text (one prompt a line)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="named in each match: matched_pair_id = NAME:ROW")
+    path: str = Field(description="the file, relative to the recipe")
+    field: str | None = Field(
+        default=None, description="the prompt field (default: the first of prompt, question, instruction, text, messages); not for .txt"
+    )
+
+
+class DecontaminateStep(StepBase):
+    """Drop pairs whose prompt overlaps a benchmark prompt or the run's evaluation prompts
+    (``curation.overlap``: exact, n-gram coverage as in open-instruct's Tulu 3 decontamination, MinHash)."""
+
+    kind: Literal["decontaminate"] = "decontaminate"
+    benchmarks: list[BenchmarkFile] = Field(default_factory=list, description="benchmark prompt files, matched all at once")
+    use_evaluation: bool = Field(default=True, description="also match the run's evaluation prompts (reference name: evaluation)")
+    ngram: int = Field(default=8, ge=1, description="tokens per n-gram")
+    ngram_threshold: float = Field(
+        default=0.5, ge=0, lt=1, description="a benchmark prompt is matched when more than this share of its tokens are in shared n-grams"
+    )
+    minhash_threshold: float | None = Field(
+        default=0.8, gt=0, le=1, description="estimated Jaccard of 3-token shingle sets for a MinHash match; null: off"
+    )
+
+    @model_validator(mode="after")
+    def _names(self) -> DecontaminateStep:
+        names = [b.name for b in self.benchmarks] + (["evaluation"] if self.use_evaluation else [])
+        if dupes := repeated(names):
+            raise ValueError(
+                f"decontaminate: benchmark names must be unique ('evaluation' is the evaluation set's), repeated: {', '.join(dupes)}"
+            )
+        return self
+
+
 class RouteStep(StepBase):
     """Hybrid human-AI routing: score every AI-labelled pair for how much a human label would
     help, send at most ``budget`` of them to people, merge completed human labels back."""
@@ -161,7 +196,7 @@ class RouteStep(StepBase):
 
 
 FilterStep = Annotated[
-    MarginStep | VotingStep | ChesStep | NearDedupStep | SemanticDedupStep | PromptCapStep | AILabelStep | RouteStep,
+    MarginStep | VotingStep | ChesStep | NearDedupStep | SemanticDedupStep | PromptCapStep | AILabelStep | DecontaminateStep | RouteStep,
     Field(discriminator="kind"),
 ]
 

@@ -36,6 +36,7 @@ from curation.human import inbox
 from curation.progress import NoProgress, Progress
 from curation.records import content_ids
 from curation.stages.base import APPEND, REPLACE, Stage, StageOutput, pair_files, staged_rows
+from curation.stages.evaluation_set.stage import evaluation_file
 from curation.stages.filter import step_function
 from curation.stages.filter.base import STEP_LABEL_COLUMNS, PairSource, StepContext, StepResult
 from curation.stages.label.base import BackendPool
@@ -250,6 +251,15 @@ def run_step(step: Any, pairs: PairSource, labels: pl.DataFrame, ctx: StepContex
     return step_function(step.kind)(step, pairs, labels, ctx)
 
 
+def evaluation_prompts(path: str | None) -> list[str] | None:
+    """The prompt texts of the evaluation pairs file (None: the run evaluates nothing)."""
+    if path is None:
+        return None
+    from curation.overlap import prompt_text
+
+    return [prompt_text(p) for p in pq.read_table(path, columns=["prompt"]).column("prompt").to_pylist()]
+
+
 def filter_pairs(
     cfg: RunConfig,
     run_dir: str | Path,
@@ -257,9 +267,12 @@ def filter_pairs(
     labels_file: str | None,
     progress: Progress | None = None,
     runner: RunStep = run_step,
+    evaluation_file: str | None = None,
 ) -> StageOutput:
     """Run the recipe's filter steps over the staged pairs; write pairs, decisions, routing.
-    ``runner`` calls each step (the Prefect flow passes one that runs it as a task)."""
+    ``runner`` calls each step (the Prefect flow passes one that runs it as a task);
+    ``evaluation_file``: the run's evaluation pairs, whose prompts a step may keep out of the
+    training pairs (``decontaminate``)."""
     if cfg.filter is None:
         raise CurationError("the recipe has no filter section")
     progress = progress or NoProgress()
@@ -269,7 +282,9 @@ def filter_pairs(
     labels = read_labels(labels_file)
     pairs_in = staged.index.height
     pool = BackendPool(cfg.work_root)
-    ctx = StepContext(backends=pool, progress=progress, data_root=str(cfg.work_root))
+    ctx = StepContext(
+        backends=pool, progress=progress, data_root=str(cfg.work_root), evaluation_prompts=evaluation_prompts(evaluation_file)
+    )
     steps: dict[str, Any] = {}
     decision_parts: list[pl.DataFrame] = []
     extra_tables: dict[str, pl.DataFrame] = {}
@@ -383,7 +398,7 @@ class FilterStage(Stage):
     with one that submits every step as a task of its own (``with_step_runner``)."""
 
     name = "filter"
-    upstream = ("dedup", "generate", "label")
+    upstream = ("dedup", "evaluation_set", "generate", "label")
     cached = False
     publishes = {"pairs": REPLACE, "decisions": APPEND, "routing": REPLACE, "human_labels": REPLACE}
     step_runner: RunStep = run_step
@@ -397,10 +412,22 @@ class FilterStage(Stage):
     def with_step_runner(self, runner: RunStep) -> FilterStage:
         return FilterStage(step_runner=runner)
 
-    def run(self, cfg: RunConfig, run_dir: str | Path, upstream: Mapping[str, StageOutput], progress: Progress) -> StageOutput:
+    @staticmethod
+    def with_steps(cfg: RunConfig, steps: list[Any]) -> RunConfig:
+        """``cfg`` with its filter section's steps replaced (an ablation's variant)."""
+        assert cfg.filter is not None
+        return cfg.model_copy(update={"filter": cfg.filter.model_copy(update={"steps": steps})})
+
+    @staticmethod
+    def inputs(upstream: Mapping[str, StageOutput]) -> tuple[list[str], str | None, str | None]:
+        """(pair files, labels file or None, evaluation pairs file or None): what the filter core
+        reads from the upstream stages (``curate eval --ablate`` reruns the core on them)."""
         labelled = upstream.get("label")
-        labels = labelled.files["labels"] if labelled is not None else None
-        out = filter_pairs(cfg, run_dir, pair_files(upstream), labels, progress, runner=self.step_runner)
+        return pair_files(upstream), labelled.files["labels"] if labelled is not None else None, evaluation_file(upstream)
+
+    def run(self, cfg: RunConfig, run_dir: str | Path, upstream: Mapping[str, StageOutput], progress: Progress) -> StageOutput:
+        files, labels, evaluation = self.inputs(upstream)
+        out = filter_pairs(cfg, run_dir, files, labels, progress, runner=self.step_runner, evaluation_file=evaluation)
         out.inputs = inbox.fingerprints(inbox.inbox_root(cfg), cfg.publish.dataset)  # completed human labels are inputs too
         return self.marked(out)
 

@@ -189,7 +189,7 @@ class GenerateStage(Stage):
 
     name = "generate"
     sections = ("generate",)
-    upstream = ("dedup",)
+    upstream = ("dedup", "evaluation_set")
     publishes = {"pairs": APPEND, "decisions": APPEND, "candidates": APPEND}
     uses_models = True
     retry = "api"

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from curation.config import SourceConfig
 from curation.records import content_id_columns
+from curation.sources import SourceConfig
 from curation.stages.ingest.adapters import ADAPTERS, check_options
 from curation.stages.ingest.adapters._columns import ColumnForm
 from curation.stages.ingest.readers.jsonl import JsonlReader, LineBlock

@@ -10,9 +10,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from curation.config import SourceConfig
 from curation.errors import NoPairs, RowError
 from curation.records import PairDraft, check_structure, content_ids, quarantine_row
+from curation.sources import SourceConfig
 from curation.stages.ingest.readers import RawRow
 
 

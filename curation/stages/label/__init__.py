@@ -7,10 +7,10 @@ so a machine without torch can still use the others.
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any
 
+from curation.registry import load
 from curation.stages.label.base import BackendPool, Labeler
 
 LABELERS: dict[str, str] = {
@@ -24,8 +24,7 @@ LABELERS: dict[str, str] = {
 
 
 def labeler_class(kind: str) -> type[Labeler]:
-    module, _, attr = LABELERS[kind].partition(":")
-    return getattr(importlib.import_module(module), attr)
+    return load(LABELERS[kind])
 
 
 def check_labeler(cfg: Any, data_root: str | Path) -> None:

@@ -281,7 +281,7 @@ class LabelStage(Stage):
 
     name = "label"
     sections = ("label",)
-    upstream = ("dedup", "generate")
+    upstream = ("dedup", "evaluation_set", "generate")
     publishes = {"labels": REPLACE, "agreement": REPLACE}
     uses_models = True
     retry = "api"

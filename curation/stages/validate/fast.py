@@ -34,8 +34,14 @@ class _Messages:
 
     def non_blank(self) -> np.ndarray:
         """Per message: holds a visible character, neither whitespace nor invisible (a null
-        content counts as blank, so its row is checked)."""
-        return self.contents.str.contains(visible_class()).fill_null(False).to_numpy()
+        content counts as blank, so its row is checked). Nearly every text's first character
+        after any whitespace is printable ASCII, which an anchored pattern sees at once; only
+        the others are searched for a visible character (four times slower per text)."""
+        shown = self.contents.str.contains(_SHOWS_AT_ONCE).fill_null(False).to_numpy().copy()
+        rest = np.flatnonzero(~shown)
+        if len(rest):
+            shown[rest] = self.contents.gather(rest).str.contains(visible_class()).fill_null(False).to_numpy()
+        return shown
 
     @classmethod
     def of(cls, column: pa.Array | pa.ChunkedArray) -> _Messages:
@@ -86,14 +92,27 @@ def _identical(chosen: _Messages, rejected: _Messages) -> np.ndarray:
     lengths = lengths[rows]
     c_at, r_at = ranges(chosen.starts[rows], lengths), ranges(rejected.starts[rows], lengths)
     c, r = chosen.contents.gather(c_at), rejected.contents.gather(r_at)
-    # texts that differ are equal as seen only if one of them has whitespace to strip or an invisible character
-    invisible = invisible_class()
+    # Texts that differ are equal as seen only if one of them has whitespace to strip or an
+    # invisible character. Searching every text for one costs as much as the rest of this
+    # function, so first a cheap necessary condition: seen alike, both start with the same
+    # character once whitespace is stripped, or one starts with something else than printable
+    # ASCII (maybe an invisible character).
     flags = pl.DataFrame({"c": c, "r": r}).select(
         same=(pl.col("c") == pl.col("r")).fill_null(True),
-        maybe=(_padded("c") | _padded("r") | pl.col("c").str.contains(invisible) | pl.col("r").str.contains(invisible)).fill_null(False),
+        padded=(_padded("c") | _padded("r")).fill_null(False),
+        could=(
+            (_first("c") == _first("r")) | ~pl.col("c").str.contains(_SHOWS_AT_ONCE) | ~pl.col("r").str.contains(_SHOWS_AT_ONCE)
+        ).fill_null(True),
     )
     same = flags["same"].to_numpy().copy()
-    maybe = np.flatnonzero(~same & flags["maybe"].to_numpy())
+    could = np.flatnonzero(~same & flags["could"].to_numpy() & ~flags["padded"].to_numpy())
+    maybe = np.flatnonzero(~same & flags["padded"].to_numpy())
+    if len(could):  # of those, the ones with an invisible character
+        invisible = invisible_class()
+        has = pl.DataFrame({"c": c.gather(could), "r": r.gather(could)}).select(
+            (pl.col("c").str.contains(invisible) | pl.col("r").str.contains(invisible)).fill_null(False)
+        )
+        maybe = np.union1d(maybe, could[has.to_series().to_numpy()])
     if len(maybe):
         same[maybe] = (_seen(c.gather(maybe)) == _seen(r.gather(maybe))).to_numpy()
     same &= _true(pc.equal(chosen.roles_at(c_at), rejected.roles_at(r_at)))
@@ -103,6 +122,13 @@ def _identical(chosen: _Messages, rejected: _Messages) -> np.ndarray:
 
 
 _WHITESPACE = list(PY_WHITESPACE)
+_SHOWS_AT_ONCE = "^[" + "".join(f"\\x{{{ord(ch):x}}}" for ch in PY_WHITESPACE) + "]*[!-~]"
+"""The first character after any leading whitespace is printable ASCII (so visible)."""
+
+
+def _first(name: str) -> pl.Expr:
+    """The text's first character once leading whitespace is stripped."""
+    return pl.col(name).str.strip_chars_start(PY_WHITESPACE).str.head(1)
 
 
 def _seen(texts: pl.Series) -> pl.Series:

@@ -17,8 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curation.config import SourceConfig
 from curation.errors import SourceError
+from curation.sources import SourceConfig
 from curation.stages.ingest.readers import FileReader, RawRow, open_source
 
 MAX = 1_000_000

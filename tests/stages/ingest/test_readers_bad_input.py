@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from curation.config import SourceConfig
 from curation.errors import SourceError
+from curation.sources import SourceConfig
 from curation.stages.ingest.readers import RawRow, open_source
 from curation.stages.ingest.readers._common import UTF_BOMS, translate_os_error
 

@@ -11,8 +11,8 @@ import glob
 from pathlib import Path
 from typing import Any
 
-from curation.config import SourceConfig
 from curation.errors import SourceError
+from curation.sources import SourceConfig
 from curation.stages.ingest.readers._common import FileReader, RowBudget, check_file
 from curation.stages.ingest.readers.csvfile import CsvReader
 from curation.stages.ingest.readers.hf import is_saved_dataset, open_disk, open_hub
