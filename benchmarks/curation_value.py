@@ -40,6 +40,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -140,6 +142,9 @@ def main() -> None:
     parser.add_argument("--rm-pairs", type=int, default=400, help="reward_model: at most this many training pairs (seeded sample)")
     parser.add_argument("--dpo", action="store_true", help="one dpo run (SmolLM2, LoRA) raw vs main stack on hh at the highest noise")
     parser.add_argument("--dpo-pairs", type=int, default=1000)
+    parser.add_argument(
+        "--heavy-eval-pairs", type=int, default=None, help="SmolLM2 trainers: score a seeded sample of this many evaluation pairs"
+    )
     parser.add_argument("--max-length", type=int, default=256, help="tokens per sequence for the SmolLM2 trainers")
     parser.add_argument("--data-dir", type=Path, default=SHARED)
     parser.add_argument("--json", type=Path, default=None, help="also write every result row here")
@@ -187,13 +192,16 @@ def main() -> None:
                 for tcfg in trainers:
                     heavy = tcfg.kind != "bt_embed"
                     names = ["raw", "main stack"] if heavy else list(variants)
+                    on = ev
+                    if heavy and args.heavy_eval_pairs and ev.num_rows > args.heavy_eval_pairs:  # the same sample for both variants
+                        on = ev.take(np.sort(np.random.default_rng(0).choice(ev.num_rows, args.heavy_eval_pairs, replace=False)))
                     reference = None
                     for name in names:
                         t0 = time.perf_counter()
                         base = {"evaluation_id": "bench", "dataset": dataset, "version": None, "eval_set": "holdout",
                                 "leaked_excluded": leaked_out}  # fmt: skip
                         work = root / "train" / f"{dataset}-{k:g}-{noise_seed}-{tcfg.kind}-{name.replace(' ', '_')}"
-                        done = measure(name, variants[name], ev, cfg, work_dir=work, work_root=str(REPO / "data"), base=base,
+                        done = measure(name, variants[name], on, cfg, work_dir=work, work_root=str(REPO / "data"), base=base,
                                        trainers=[tcfg], with_baselines=reference is None, made=made)  # fmt: skip
                         if reference is None:
                             reference = done
@@ -203,13 +211,20 @@ def main() -> None:
                             if row["trainer"].startswith("baseline:") and tcfg.kind != "bt_embed":
                                 continue
                             out_rows.append(
-                                {**row, "noise": k, "wall_s": time.perf_counter() - t0 if row["trainer"] == tcfg.kind else None}
+                                {
+                                    **row,
+                                    "noise": k,
+                                    "noise_seed": noise_seed,
+                                    "wall_s": time.perf_counter() - t0 if row["trainer"] == tcfg.kind else None,
+                                }
                             )
                         print(
-                            f"  k={k:g} {tcfg.kind} {name}: {done.rows[0]['accuracy']:.3f} ({time.perf_counter() - started:.0f} s)",
+                            f"  k={k:g} seed={noise_seed} {tcfg.kind} {name}: {done.rows[0]['accuracy']:.3f} ({time.perf_counter() - started:.0f} s)",
                             flush=True,
                         )
     real.close()
+    if args.json:  # first: a long run's rows survive whatever the printing below does
+        args.json.write_text(json.dumps(out_rows, default=str, indent=1))
 
     print()
     print(f"{'dataset':8} {'k %':>4} {'seed':>4} {'trainer':22} {'variant':15} {'train':>6} {'eval':>5} {'accuracy':>8} {'95% CI':>15} "
@@ -237,8 +252,6 @@ def main() -> None:
             print(f"{dataset:8} {k:>4g} {trainer_name:10} {variant:15} accuracy {acc:.3f}  vs raw {mean_diff:>7}  {counts}")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\ntotal {time.perf_counter() - started:.0f} s, peak RSS {peak:.0f} MiB")
-    if args.json:
-        args.json.write_text(json.dumps(out_rows, default=str, indent=1))
 
 
 if __name__ == "__main__":
