@@ -35,10 +35,9 @@ class LoraConfig(Strict):
     target_modules: list[str] | None = Field(default=None, description="default: the attention projections")
 
 
-class RewardModelConfig(Strict):
-    """A sequence-classification reward model fine-tuned with TRL's RewardTrainer."""
+class HfTrainerConfig(Strict):
+    """What both TRL trainers (reward model, DPO) take: a Hugging Face model and its training."""
 
-    kind: Literal["reward_model"] = "reward_model"
     model: str = Field(default="smollm2", description="'smollm2', a local HF folder, or a hub name where the machine is online")
     lora: LoraConfig | None = Field(default=None, description="train LoRA adapters only (peft)")
     epochs: float = Field(default=1.0, gt=0)
@@ -49,19 +48,20 @@ class RewardModelConfig(Strict):
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
 
 
-class DpoConfig(Strict):
+class RewardModelConfig(HfTrainerConfig):
+    """A sequence-classification reward model fine-tuned with TRL's RewardTrainer."""
+
+    kind: Literal["reward_model"] = "reward_model"
+
+
+class DpoConfig(HfTrainerConfig):
     """A policy trained with TRL's DPOTrainer; its implicit reward is the margin."""
 
     kind: Literal["dpo"] = "dpo"
-    model: str = Field(default="smollm2", description="'smollm2', a local HF folder, or a hub name where the machine is online")
     lora: LoraConfig | None = Field(default_factory=LoraConfig, description="train LoRA adapters only (peft); null: the full model")
     beta: float = Field(default=0.1, gt=0)
-    epochs: float = Field(default=1.0, gt=0)
     learning_rate: float = Field(default=5e-6, gt=0)
     batch_size: int = Field(default=4, ge=1)
-    max_length: int = Field(default=512, ge=16)
-    max_train_pairs: int | None = Field(default=None, ge=1, description="train on at most this many pairs (seeded sample)")
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
 
 
 TrainerConfig = Annotated[BtEmbedConfig | RewardModelConfig | DpoConfig, Field(discriminator="kind")]

@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from curation.errors import CurationError
-from curation.evaluate.config import LoraConfig, RewardModelConfig
+from curation.evaluate.config import HfTrainerConfig, LoraConfig, RewardModelConfig
 from curation.models.local_models import missing_model, resolve_model_dir, shipped_model
 from curation.progress import Progress
 
@@ -151,7 +151,7 @@ def use_bf16() -> bool:
         return False
 
 
-def training_args(cfg: Any, seed: int, work_dir: Path) -> dict[str, Any]:
+def training_args(cfg: HfTrainerConfig, seed: int, work_dir: Path) -> dict[str, Any]:
     """The ``TrainingArguments`` both trainers share: seeded, nothing saved, nothing reported."""
     return dict(
         output_dir=str(work_dir),
@@ -214,7 +214,7 @@ class Prepared:
     evaluate: list[tuple[list[int], list[int], list[int]]]
 
 
-def prepare(cfg: Any, kind: str, task_type: str, train: pa.Table, evaluate: pa.Table, seed: int, work_root: str) -> Prepared:
+def prepare(cfg: HfTrainerConfig, kind: str, task_type: str, train: pa.Table, evaluate: pa.Table, seed: int, work_root: str) -> Prepared:
     """Everything before the model is loaded; clear errors (no trl, no pairs, no model) first."""
     trl = require("trl", kind)
     train = seeded_sample(train, cfg.max_train_pairs, seed)

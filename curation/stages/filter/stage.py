@@ -282,9 +282,9 @@ def filter_pairs(
     labels = read_labels(labels_file)
     pairs_in = staged.index.height
     pool = BackendPool(cfg.work_root)
-    ctx = StepContext(
-        backends=pool, progress=progress, data_root=str(cfg.work_root), evaluation_prompts=evaluation_prompts(evaluation_file)
-    )
+    # read only for the step that matches against them: most filter runs have none
+    wanted = evaluation_file if any(step.kind == "decontaminate" for step in cfg.filter.steps) else None
+    ctx = StepContext(backends=pool, progress=progress, data_root=str(cfg.work_root), evaluation_prompts=evaluation_prompts(wanted))
     steps: dict[str, Any] = {}
     decision_parts: list[pl.DataFrame] = []
     extra_tables: dict[str, pl.DataFrame] = {}
