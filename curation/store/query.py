@@ -3,7 +3,8 @@
 Every published dataset is attached read-only under its own name (``SELECT * FROM hh.pairs``;
 quote names with '-': ``"hh-v2".pairs``). One dataset is the *default*: its tables are also
 plain views (``pairs``, ``decisions``, ``quarantine``, ...) beside a ``versions`` table and
-its ``evaluation_log`` (every ``curate eval`` of it), so the common question is one short query. ``"NAME@N".pairs`` reads version N of NAME, and
+its ``evaluation_log`` (every ``curate eval`` of it), so the common question is one short
+query. ``"NAME@N".pairs`` reads version N of NAME, and
 ``datasets`` lists what is published.
 
 Attached catalogs are private copies (see ``curation.store.local``), so a connection held open for
@@ -166,7 +167,8 @@ def _open(root: str | Path, dataset: str | None, version: int | None, query: str
             raise DatasetNotFound(f"no published dataset named {dataset!r} under {store.root}; published: {have}")
         _views(con, "main", store.pick(published[dataset], dataset, version))
         _load(con, "versions", _versions_table(published[dataset]))
-        _load(con, "evaluation_log", evaluation_log(store, dataset))
+        if query is None or "evaluation_log" in query.lower():  # read (and fetched from S3) only when asked for
+            _load(con, "evaluation_log", evaluation_log(store, dataset))
         _load(con, "datasets", _datasets_table(published))
         for name, number in sorted(set(VERSION_REF.findall(query or ""))):
             if name not in published:
