@@ -27,7 +27,7 @@ from curation.stages.base import StageOutput
 from curation.stages.evaluation_set.stage import evaluation_file
 from curation.stages.filter.stage import FilterStage
 from flows import caching
-from flows.curate import run_stages
+from flows.curate import _progress_for_task, run_stages
 from flows.runners import task_runner_for
 
 
@@ -72,16 +72,10 @@ def ablate_flow(
         _, outs, cached = run_stages(cfg, str(run_dir), until=FilterStage.name)
         if cached:
             logger.info("reused from the stage cache: %s", ", ".join(cached))
-        result = _measure(cfg, outs, run_dir, eval_set, adapter, trainers, seeds, _progress(logger.info), _say or logger.info)
+        result = _measure(cfg, outs, run_dir, eval_set, adapter, trainers, seeds, _progress_for_task(), _say or logger.info)
         return result | {"cached": cached}
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def _progress(say: Any) -> Progress:
-    from flows import curate
-
-    return curate._progress or LineProgress(say)
 
 
 _say: Callable[[str], Any] | None = None

@@ -103,16 +103,10 @@ def describe(c: Mapping[str, Any]) -> str:
 def upstream_here(cfg: RunConfig, run_dir: Path, progress: Progress | None = None) -> dict[str, StageOutput]:
     """The stages before the filter, run in this process into ``run_dir`` (no stage cache:
     ``curate eval --ablate --local``; ``flows/ablate.py`` reads them from the cache)."""
-    from curation import spine
-    from curation.run.runner import check_stages, upstream_of
+    from curation.run.runner import check_stages, run_stages
 
     check_stages(cfg)
-    outs: dict[str, StageOutput] = {}
-    for stage in spine.active(cfg):
-        if stage.name == FilterStage.name:
-            break
-        outs[stage.name] = stage.run(cfg, run_dir, upstream_of(stage.name, outs), progress or NoProgress())
-    return outs
+    return run_stages(cfg, run_dir, progress, until=FilterStage.name)
 
 
 def ablate(

@@ -63,6 +63,29 @@ def first_model_stage(stages: list[Stage]) -> int | None:
     return next((i for i, s in enumerate(stages) if s.uses_models), None)
 
 
+def run_stages(
+    cfg: RunConfig,
+    run_dir: Path,
+    progress: Progress | None = None,
+    *,
+    until: str | None = None,
+    on_curated: OnCurated | None = None,
+) -> dict[str, StageOutput]:
+    """The recipe's stages in spine order, in this process, each into ``run_dir``; ``until``:
+    stop before that stage (``curate eval --ablate --local`` reruns only the filter itself).
+    ``on_curated`` hears the funnel before the first model stage starts."""
+    outs: dict[str, StageOutput] = {}
+    stages = spine.active(cfg)
+    boundary = first_model_stage(stages)
+    for i, stage in enumerate(stages):
+        if stage.name == until:
+            break
+        if i == boundary and on_curated is not None and outs:
+            on_curated(accounting.funnel(outs), [s.name for s in stages[i:]])
+        outs[stage.name] = stage.run(cfg, run_dir, upstream_of(stage.name, outs), progress or NoProgress())
+    return outs
+
+
 def curate(
     cfg: RunConfig,
     *,
@@ -79,13 +102,7 @@ def curate(
     check_stages(cfg)
     run_dir = new_run_dir(cfg)
     try:
-        outs: dict[str, StageOutput] = {}
-        stages = spine.active(cfg)
-        boundary = first_model_stage(stages)
-        for i, stage in enumerate(stages):
-            if i == boundary and on_curated is not None and outs:
-                on_curated(accounting.funnel(outs), [s.name for s in stages[i:]])
-            outs[stage.name] = stage.run(cfg, run_dir, upstream_of(stage.name, outs), progress or NoProgress())
+        outs = run_stages(cfg, run_dir, progress, on_curated=on_curated)
         timings = {name: out.seconds for name, out in outs.items()}
         t0 = time.perf_counter()
         # the report's plotting library takes ~0.6 s to import: do it while publish waits on DuckDB
