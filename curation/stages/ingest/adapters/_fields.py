@@ -66,6 +66,23 @@ def get_path(row: Any, path: str, *, required: bool = True) -> Any:
     return current
 
 
+def copy_fields(row: Any, paths: list[str]) -> dict[str, Any]:
+    """The ``metadata_fields`` of a row: each path's value under the path as written (a missing
+    one is ``missing_field``, naming it, as for any required field)."""
+    return {path: get_path(row, path) for path in paths}
+
+
+def check_metadata_names(paths: list[str], reserved: set[str]) -> list[str]:
+    """``metadata_fields`` for an options validator: no repeats, none named like a key the
+    adapter writes itself (it would overwrite it, or be overwritten)."""
+    if len(set(paths)) != len(paths):
+        raise ValueError("metadata_fields: a path is listed twice")
+    clash = sorted(set(paths) & reserved)
+    if clash:
+        raise ValueError(f"metadata_fields: {', '.join(map(repr, clash))} is a metadata key the adapter writes itself")
+    return paths
+
+
 def get_str(row: Any, path: str) -> str:
     value = get_path(row, path)
     if not isinstance(value, str):

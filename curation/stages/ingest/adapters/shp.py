@@ -4,13 +4,16 @@ The prompt is one user message built from ``prompt_fields`` (joined with a blank
 empty or null ones skipped: PandaLM's ``input`` is often empty). The judgement comes from
 exactly one of:
 
-* ``label_field``: a column saying A or B (SHP ``labels``: 1 = A preferred, 0 = B);
+* ``label_field``: a column saying A or B (SHP ``labels``: 1 = A preferred, 0 = B); a value
+  in ``tie_values`` is a tie, any other value is quarantined (``invalid_value``);
 * ``score_a_field``/``score_b_field``: vote counts, higher wins, equal is a tie;
 * ``vote_fields``: one column per annotator (``a_vote``/``b_vote``/``tie_vote``); a side
   needs a strict majority of the votes cast (null votes are abstentions), so two "tie"
   votes against one "A" is a tie. Ties yield ``NoPairs("tie")``.
 
-With none of them set, ``label_field`` defaults to ``labels`` (SHP).
+With none of them set, ``label_field`` defaults to ``labels`` (SHP). ``metadata_fields``
+copies fields of the row into the pair's metadata under their path (a missing one is
+quarantined, as in ``mapping``).
 """
 
 from __future__ import annotations
@@ -22,9 +25,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from curation.errors import NoPairs, RowError
 from curation.records import PairDraft
-from curation.stages.ingest.adapters._fields import finite, get_path, parse_score, wrong_type
+from curation.stages.ingest.adapters._fields import check_metadata_names, copy_fields, finite, get_path, parse_score, wrong_type
 
 Scalar = int | float | str | bool
+RESERVED = {"preferred", "label", "score_a", "score_b", "votes", "agreement"}
+"""The metadata keys the adapter writes itself."""
 
 
 class Options(BaseModel):
@@ -40,6 +45,9 @@ class Options(BaseModel):
     )
     a_value: Scalar = Field(default=1, description="label_field value meaning A is better")
     b_value: Scalar = Field(default=0, description="label_field value meaning B is better")
+    tie_values: list[Scalar] = Field(
+        default_factory=list, description="label_field values meaning a tie: the row is filtered (reason tie), not quarantined"
+    )
     score_a_field: str | None = Field(default=None, description="votes/score for A; higher wins")
     score_b_field: str | None = Field(default=None, description="votes/score for B")
     min_ratio: float | None = Field(
@@ -50,6 +58,7 @@ class Options(BaseModel):
     b_vote: Scalar = Field(default=2, description="annotator value meaning B is better")
     tie_vote: Scalar = Field(default=0, description="annotator value meaning a tie")
     min_agreement: float | None = Field(default=None, gt=0.0, le=1.0, description="share of votes cast the winner needs (1.0 = unanimous)")
+    metadata_fields: list[str] = Field(default_factory=list, description="paths copied into metadata under their path")
 
     @model_validator(mode="after")
     def _one_mode(self) -> Options:
@@ -75,6 +84,11 @@ class Options(BaseModel):
             raise ValueError("min_agreement needs vote_fields")
         if self.a_value == self.b_value:
             raise ValueError("a_value and b_value must differ")
+        if self.tie_values and self.label_field is None:
+            raise ValueError("tie_values needs label_field (vote_fields take tie_vote; equal scores are ties already)")
+        if clash := [t for t in self.tie_values for v in (self.a_value, self.b_value) if _matches(t, v) or _matches(v, t)]:
+            raise ValueError(f"tie_values must not hold a_value or b_value (got {clash[0]!r})")
+        check_metadata_names(self.metadata_fields, RESERVED)
         if len({repr(v) for v in (self.a_vote, self.b_vote, self.tie_vote)}) < 3:
             raise ValueError("a_vote, b_vote and tie_vote must differ")
         return self
@@ -113,8 +127,13 @@ def _judge(row: dict, o: Options) -> tuple[str, float | None, float | None, dict
             return "a", None, None, {"label": label}
         if _matches(label, o.b_value):
             return "b", None, None, {"label": label}
+        if any(_matches(label, t) for t in o.tie_values):
+            raise NoPairs("tie")
+        expected = [f"{o.a_value!r} (A)", f"{o.b_value!r} (B)"] + [f"{t!r} (tie)" for t in o.tie_values]
         raise RowError(
-            "invalid_value", f"field {o.label_field!r} is {label!r}, expected {o.a_value!r} (A) or {o.b_value!r} (B)", field=o.label_field
+            "invalid_value",
+            f"field {o.label_field!r} is {label!r}, expected {', '.join(expected[:-1])} or {expected[-1]}",
+            field=o.label_field,
         )
     if o.vote_fields is None:
         a, b = (parse_score(get_path(row, f), f) for f in (o.score_a_field, o.score_b_field))
@@ -158,6 +177,7 @@ def build(options: Options) -> Callable[[dict, str], list[PairDraft]]:
     def adapt(row: dict, row_key: str) -> list[PairDraft]:
         prompt = [{"role": "user", "content": _prompt(row, o.prompt_fields)}]
         a, b = _text(row, o.response_a_field), _text(row, o.response_b_field)
+        extra = copy_fields(row, o.metadata_fields)
         win, win_score, lose_score, meta = _judge(row, o)
         chosen, rejected = (a, b) if win == "a" else (b, a)
         return [
@@ -167,7 +187,7 @@ def build(options: Options) -> Callable[[dict, str], list[PairDraft]]:
                 rejected=[{"role": "assistant", "content": rejected}],
                 chosen_score=win_score,
                 rejected_score=lose_score,
-                metadata={"preferred": win, **meta},
+                metadata={**extra, "preferred": win, **meta},
             )
         ]
 
