@@ -220,11 +220,13 @@ def _accounting_line(f: dict) -> None:
 
 
 def print_labels(labels: dict) -> None:
-    from curation.report.html import AGREEMENT_HEADER, LABELER_HEADER, agreement_rows, labeler_rows
+    from curation.report.labels import AGREEMENT_HEADER, AGREEMENT_NOTE, LABELER_HEADER, agreement_rows, labeler_rows
 
     console.print(_text_table("Labels", LABELER_HEADER, labeler_rows(labels)))
     if labels.get("agreement"):
-        console.print(_text_table("Agreement with human labels (ties and invalid apart)", AGREEMENT_HEADER, agreement_rows(labels)))
+        agreement = _text_table("Agreement with human labels (ties and invalid apart)", AGREEMENT_HEADER, agreement_rows(labels))
+        agreement.caption = AGREEMENT_NOTE
+        console.print(agreement)
 
 
 def _text_table(title: str, header: list[str], rows: list[list]) -> Table:

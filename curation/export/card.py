@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from curation.report.labels import AGREEMENT_HEADER, AGREEMENT_NOTE, agreement_rows
+
 if TYPE_CHECKING:
     from curation.export.trl import ExportResult
     from curation.store.catalog import DatasetStore, VersionInfo
@@ -312,23 +314,13 @@ def _funnel(f: Mapping[str, Any], info: VersionInfo, export: ExportResult) -> st
 
 
 def _agreement(f: Mapping[str, Any]) -> str:
-    rows = (f.get("labels") or {}).get("agreement") or []
-    if not rows:
+    labels = f.get("labels") or {}
+    if not labels.get("agreement"):
         return ""
-    table = [
-        [
-            r.get("labeler", ""),
-            r.get("kind", ""),
-            _n(r.get("n")),
-            _pct(r.get("accuracy")),
-            f"{_pct(r.get('ci_low'))} - {_pct(r.get('ci_high'))}" if r.get("ci_low") is not None else "",
-            _pct(r.get("tie_rate")),
-            _pct(r.get("invalid_rate")),
-        ]
-        for r in rows
-    ]
-    return "## Label agreement\n\nEach AI labeler against the human labels of the same pairs (ties and invalid labels apart):\n\n" + _table(
-        ["labeler", "kind", "pairs", "accuracy", "95% CI", "ties", "invalid"], table, right=[2, 3, 5, 6]
+    rows = [[str(c) for c in row] for row in agreement_rows(labels)]
+    return (
+        "## Label agreement\n\nEach AI labeler against the human labels of the same pairs (ties and invalid labels apart), "
+        f"beside the length baseline on the same pairs. {AGREEMENT_NOTE}\n\n" + _table(AGREEMENT_HEADER, rows, right=list(range(2, 12)))
     )
 
 

@@ -49,11 +49,11 @@ from curation.models.base import (
     render_turn_prefix,
     with_json_instruction,
 )
-from curation.models.config import BackendConfig
+from curation.models.config import DTYPE_ALIASES, BackendConfig
 from curation.models.local_models import check_causal_lm, resolve_model_dir
 from curation.models.reward_head import classifier_head, reward_head_problem
 
-DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16"}
+DTYPES = DTYPE_ALIASES
 # Logit floats per scoring forward pass (tokens x vocab): ~200 MB, i.e. ~1024 scored tokens for
 # SmolLM2's 49k vocabulary and ~190 for Gemma 3's 262k one.
 SCORE_LOGITS_BUDGET = 50_000_000
@@ -69,7 +69,7 @@ def _say(msg: str) -> None:
 
 def _dtype_name(dtype: str) -> str:
     if dtype not in DTYPES:
-        raise ConfigError(f"dtype {dtype!r} is not supported by the transformers backend; use one of: float32, bfloat16, float16")
+        raise ConfigError(f"dtype {dtype!r} is not supported by the transformers backend; use one of: auto, float32, bfloat16, float16")
     return DTYPES[dtype]
 
 
@@ -91,7 +91,7 @@ class TransformersBackend(ModelBackend):
     @classmethod
     def check(cls, cfg: BackendConfig, data_root: Any) -> None:
         """Model present (or convertible) and dtype known; reads no weights."""
-        _dtype_name(cfg.dtype)
+        _dtype_name(cfg.resolved_dtype())
         check_causal_lm(cfg.model)
         if classifier_head(cfg.model) and (problem := reward_head_problem(cfg.model)):
             raise ConfigError(f"the transformers backend loads a sequence-classification folder as a reward model, but {problem}")
@@ -104,7 +104,8 @@ class TransformersBackend(ModelBackend):
 
         self.model = cfg.model
         self.batch_size = cfg.batch_size
-        self.dtype = _dtype_name(cfg.dtype)
+        self.dtype = _dtype_name(cfg.resolved_dtype())  # auto: bf16 where the CPU has AMX/AVX512-BF16 (config.auto_dtype)
+        self.dtype_requested = cfg.dtype
         self.model_dir = resolve_model_dir(cfg.model, data_root)
         # A *ForSequenceClassification folder is a reward model: it serves ``reward`` only.
         self.reward_head = classifier_head(self.model_dir)
@@ -131,7 +132,7 @@ class TransformersBackend(ModelBackend):
         _say(f"model loaded in {time.perf_counter() - started:.1f} s")
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "model_dir": str(self.model_dir), "dtype": self.dtype}
+        return {**super().describe(), "model_dir": str(self.model_dir), "dtype": self.dtype, "dtype_requested": self.dtype_requested}
 
     def close(self) -> None:
         self.__dict__.pop("lm", None)

@@ -4,12 +4,13 @@
 the style sheet is inline, with no external CSS, JS, fonts or links, so it can be mailed,
 attached to a Prefect run, or opened from an object store. Sections appear only for the stages
 that ran: funnel, stage timings, reasons, generation (diversity per strategy), labels (margins,
-agreement with humans and between labelers), filters (score histograms), sources and inputs.
+agreement with humans and between labelers), filters (score histograms), evaluation, response
+lengths of the published pairs, sources and inputs.
 Every piece of text from the summary is escaped. The report shows only what the summary holds:
 no config values, so no API key (recipes name the environment variable, never the key).
 
-The sections live in ``report_generation``, ``report_labels`` and ``report_filters``; this
-module assembles them.
+The sections live in ``generation``, ``labels``, ``filters``, ``evaluation`` and ``lengths``
+of this package; this module assembles them.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from curation.report.evaluation import evaluation_section
 from curation.report.filters import filter_section
 from curation.report.generation import GENERATION_HEADER, generation_rows, generation_section
 from curation.report.labels import AGREEMENT_HEADER, LABELER_HEADER, agreement_rows, labeler_rows, labels_sections
+from curation.report.lengths import lengths_section
 from curation.report.plots import BLUE, RED, Section, img, plt, png_bytes, table
 
 __all__ = [
@@ -214,6 +216,7 @@ def sections(summary: dict[str, Any], png: bytes) -> list[Section]:
         *labels_sections(f),
         filter_section(f),
         evaluation_section(f),
+        lengths_section(summary),
         _sources_section(f),
         _inputs_section(summary.get("inputs") or []),
     ]

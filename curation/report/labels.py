@@ -16,7 +16,26 @@ from typing import Any
 
 from curation.report.plots import Section, fig_img, histogram_grid, plt, table
 
-AGREEMENT_HEADER = ["labeler", "kind", "pairs", "accuracy", "95% CI", "ties", "invalid", "position consistency"]
+AGREEMENT_HEADER = [
+    "labeler",
+    "kind",
+    "pairs",
+    "decided",
+    "ties",
+    "invalid",
+    "accuracy",
+    "95% CI",
+    "longer wins (same pairs)",
+    "margin~length",
+    "position bias",
+    "order consistency",
+]
+AGREEMENT_NOTE = (
+    "accuracy = agree / decided; fewer than 10 decided pairs: no accuracy. 'longer wins': the length baseline on the "
+    "same pairs; margin~length: rank correlation of the margin with log(len chosen / len rejected); position bias: "
+    "share of a judge's answers picking the response shown first (0.5 = none)."
+)
+LENGTH_BINS_HEADER = ["labeler", "bin", "|log length ratio|", "pairs", "decided", "accuracy", "longer wins"]
 LABELER_HEADER = ["labeler", "kind", "models", "pairs", "label rows", "A / B / tie / invalid", "from cache", "seconds"]
 MAX_MARGIN_PANELS = 9
 
@@ -25,20 +44,53 @@ def _pct(x: float | None) -> str:
     return "" if x is None else f"{100 * x:.1f}%"
 
 
+def _ci(r: dict[str, Any]) -> str:
+    return f"{_pct(r['ci_low'])} - {_pct(r['ci_high'])}" if r.get("ci_low") is not None else ""
+
+
+def _decided(r: dict[str, Any]) -> int:
+    return r.get("n_decided", r.get("n_agree", 0) + r.get("n_disagree", 0))  # older summaries lack n_decided
+
+
+def _corr(x: float | None) -> str:
+    return "" if x is None else f"{x:+.2f}"
+
+
 def agreement_rows(labels: dict[str, Any]) -> list[list[Any]]:
-    """Per labeler: agreement with the human labels (ties and invalid labels apart)."""
+    """Per labeler: agreement with the human labels (decided, ties and invalid counted apart),
+    beside the length baseline on the same pairs and the judge's position bias."""
     return [
         [
             r["labeler"],
             r["kind"],
             r["n"],
-            _pct(r["accuracy"]),
-            f"{_pct(r['ci_low'])} - {_pct(r['ci_high'])}" if r.get("ci_low") is not None else "",
-            _pct(r["tie_rate"]),
-            _pct(r["invalid_rate"]),
+            _decided(r),
+            r.get("n_tie", ""),
+            r.get("n_invalid", ""),
+            _pct(r["accuracy"]) if r.get("accuracy") is not None else ("-" if _decided(r) < 10 else ""),
+            _ci(r),
+            _pct(r.get("length_accuracy")),
+            _corr(r.get("length_correlation")),
+            _pct(r.get("position_bias")),
             _pct(r.get("consistency_rate")),
         ]
         for r in labels.get("agreement", [])
+    ]
+
+
+def length_bin_rows(labels: dict[str, Any]) -> list[list[Any]]:
+    """Length-controlled agreement: each labeler within bins of |log(len chosen / len rejected)|."""
+    return [
+        [
+            r["labeler"],
+            r["bin"],
+            f"{r['log_ratio_low']:.2f} - {r['log_ratio_high']:.2f}",
+            r["n"],
+            r["n_decided"],
+            _pct(r.get("accuracy")) or "-",
+            _pct(r.get("length_accuracy")),
+        ]
+        for r in labels.get("length_bins", [])
     ]
 
 
@@ -152,8 +204,18 @@ def labels_sections(f: dict[str, Any]) -> list[Section]:
         "(agree + disagree), ties and invalid labels reported apart; bootstrap 95% interval. Per source and per |margin| "
         'bin: <code>curate sql "SELECT * FROM agreement"</code>.</p>'
     )
-    agree += table(AGREEMENT_HEADER, agreement_rows(labels)) if labels.get("agreement") else "<p>No human-labelled pair was labelled.</p>"
+    if labels.get("agreement"):
+        agree += table(AGREEMENT_HEADER, agreement_rows(labels)) + f"<p><small>{html.escape(AGREEMENT_NOTE)}</small></p>"
+    else:
+        agree += "<p>No human-labelled pair was labelled.</p>"
     agree += calibration_png(labels)
+    if labels.get("length_bins"):
+        agree += (
+            "<h3>Length-controlled agreement</h3><p>Each labeler within quantile bins of |log(len chosen / len rejected)| "
+            "(bin 0: the most equal lengths), beside the longer-wins baseline on the same pairs. A labeler that only "
+            "tracks length is good where the lengths differ a lot and at chance where they are alike.</p>"
+        )
+        agree += table(LENGTH_BINS_HEADER, length_bin_rows(labels))
     agree += (
         "<h3>Agreement between labelers</h3><p>Share of the pairs both labelers decided (A or B) on which they give the "
         "same verdict; hover a cell for the counts and Cohen's kappa.</p>"

@@ -189,7 +189,10 @@ def test_card_shows_label_agreement_as_recorded(exported) -> None:
     rows = info.counts["labels"]["agreement"]
     assert rows and "## Label agreement" in card
     for r in rows:
-        assert f"| {r['labeler']} | {r['kind']} | {r['n']:,} | {100 * r['accuracy']:.1f}% |" in card
+        counts = f"{r['n']} | {r['n_decided']} | {r['n_tie']} | {r['n_invalid']}"
+        accuracy = f"{100 * r['accuracy']:.1f}%" if r["n_decided"] >= 10 else "-"
+        assert f"| {r['labeler']} | {r['kind']} | {counts} | {accuracy} |" in card
+        assert f"| {100 * r['length_accuracy']:.1f}% |" in card  # the length baseline on the same pairs
 
 
 def test_decontamination_counts_per_benchmark_are_the_decisions(exported, published) -> None:

@@ -155,7 +155,7 @@ def test_report_has_a_section_for_every_stage_that_ran(report: Path, summary: di
         assert html.escape(str(summary[key])) in page
     toc = re.search(r'<nav class="toc">(.*?)</nav>', page, re.S).group(1)
     anchors = re.findall(r'href="#([\w-]+)"', toc)
-    assert anchors == ["funnel", "timings", "reasons", "generation", "labels", "agreement", "filters", "sources", "inputs"]
+    assert anchors == ["funnel", "timings", "reasons", "generation", "labels", "agreement", "filters", "lengths", "sources", "inputs"]
     assert all(f'<section id="{a}">' in page for a in anchors)
     # every stage that ran has its timing row
     for stage, seconds in summary["timings_s"].items():
@@ -170,6 +170,7 @@ def test_report_has_a_section_for_every_stage_that_ran(report: Path, summary: di
         "filter steps",
         "filter score histograms",
         "routing curve",
+        "length ratio histograms",
     ]
     # generation: each strategy's diversity against i.i.d.
     g = f["generated"]
@@ -203,7 +204,10 @@ def test_label_agreement_tables_match_the_published_labels(run: RunResult, summa
     page = report.read_text()
     assert f"{100 * pw['rate']:.0f}%<br><small>n={pw['n']:,}</small>" in page
     for row in labels["agreement"]:  # labelers vs human
-        assert f"<td>{row['labeler']}</td><td>{row['kind']}</td><td>{row['n']}</td><td>{100 * row['accuracy']:.1f}%</td>" in page
+        decided = f"<td>{row['n_decided']}</td><td>{row['n_tie']}</td><td>{row['n_invalid']}</td>"
+        head = f"<td>{row['labeler']}</td><td>{row['kind']}</td><td>{row['n']}</td>{decided}<td>{100 * row['accuracy']:.1f}%</td>"
+        assert head in page
+        assert f"<td>{100 * row['length_accuracy']:.1f}%</td>" in page  # the length baseline beside it
 
 
 def test_every_text_from_the_summary_is_escaped(summary: dict) -> None:
@@ -245,7 +249,7 @@ def test_chromium_renders_the_report_with_its_numbers_and_nothing_external(rende
     for label, count in funnel_steps(summary["funnel"]):
         assert f"{abs(count):,}" in text, label
     imgs = re.findall(r"<img\b[^>]*>", dom)
-    assert len(imgs) == 7 and all(re.search(r'src="data:image/png;base64,[A-Za-z0-9+/=]{200,}"', i) for i in imgs)
+    assert len(imgs) == 8 and all(re.search(r'src="data:image/png;base64,[A-Za-z0-9+/=]{200,}"', i) for i in imgs)
     assert not re.search(r"https?://", dom), "the report links outside itself"
     assert "<link" not in dom and "<script" not in dom
 

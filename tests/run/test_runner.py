@@ -119,7 +119,7 @@ def test_run_folder_keeps_summary_and_drops_staging(tmp_path, hh_path):
     run_dir = Path(result.run_dir)
     assert (run_dir / "summary.json").exists() and not list(run_dir.glob("*.parquet")) and not list(run_dir.glob("*.arrow"))
     report = Path(result.report_dir)
-    assert (report / "report.html").read_text().count("data:image/png;base64,") == 1
+    assert (report / "report.html").read_text().count("data:image/png;base64,") == 2  # the funnel and the length ratios
     summary = json.loads((report / "summary.json").read_text())
     assert summary["funnel"]["rows_in"] == 20 and summary["version"] == 1
 

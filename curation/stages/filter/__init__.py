@@ -17,6 +17,7 @@ STEPS: dict[str, str] = {
     "near_dedup": "curation.stages.filter.near_dedup:run",
     "semantic_dedup": "curation.stages.filter.semantic_dedup:run",
     "prompt_cap": "curation.stages.filter.prompt_cap:run",
+    "length_balance": "curation.stages.filter.length_balance:run",
     "ai_label": "curation.stages.filter.ai_label:run",
     "decontaminate": "curation.stages.filter.decontaminate:run",
     "route": "curation.stages.filter.route:run",

@@ -42,6 +42,13 @@ STEP_PAIR_COLUMNS = [
 STEP_LABEL_COLUMNS = ["pair_id", "labeler", "labeler_group", "kind", "score_a", "score_b", "margin", "verdict", "confidence", "consistent"]
 
 
+def judge_entropy() -> pl.Expr:
+    """``entropy``: a calibrated pairwise judge's entropy over its verdicts (from ``details``;
+    null for every other row), which the router reads as a feature."""
+    value = pl.col("details").str.json_path_match("$.entropy").cast(pl.Float64)
+    return pl.when(pl.col("kind") == "judge_pairwise").then(value).alias("entropy")
+
+
 class PairSource(Protocol):
     """The alive pairs, in a stable order (recipe source order, then file order)."""
 

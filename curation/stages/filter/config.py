@@ -132,6 +132,17 @@ class PromptCapStep(StepBase):
         return self
 
 
+class LengthBalanceStep(StepBase):
+    """Drop the fewest pairs (a seeded choice) so that in each source the share of pairs whose
+    chosen response is the longer one lies within ``target`` +- ``tolerance``; pairs of equal
+    length count on neither side."""
+
+    kind: Literal["length_balance"] = "length_balance"
+    target: float = Field(default=0.5, gt=0, lt=1, description="share of chosen-longer pairs wanted per source (equal lengths left out)")
+    tolerance: float = Field(default=0.02, ge=0, lt=0.5, description="accepted distance from target; pairs go only past it")
+    seed: int = Field(default=0, description="which pairs of the over-represented side go (a hash of seed and pair id)")
+
+
 class AILabelStep(StepBase):
     """Give unlabeled pairs (generated ones) an AI preference from a labeler: verdict A keeps
     the pair as is, B flips it; ties and invalid labels are dropped or kept unlabeled."""
@@ -196,7 +207,16 @@ class RouteStep(StepBase):
 
 
 FilterStep = Annotated[
-    MarginStep | VotingStep | ChesStep | NearDedupStep | SemanticDedupStep | PromptCapStep | AILabelStep | DecontaminateStep | RouteStep,
+    MarginStep
+    | VotingStep
+    | ChesStep
+    | NearDedupStep
+    | SemanticDedupStep
+    | PromptCapStep
+    | LengthBalanceStep
+    | AILabelStep
+    | DecontaminateStep
+    | RouteStep,
     Field(discriminator="kind"),
 ]
 

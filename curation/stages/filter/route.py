@@ -35,7 +35,7 @@ from curation.stages.filter.route_features import FEATURES, PAIR_INPUTS, ai_marg
 from curation.stages.label.bt_ensemble import fit_bt
 
 # The transparent default: the signals TECHNIQUES.md names (labeler disagreement, judge position
-# inconsistency, small margin) plus disagreement with the current label. Ensemble spread is
+# inconsistency and verdict entropy, small margin) plus disagreement with the current label. Ensemble spread is
 # listed at weight 0: with the BT ensemble the members' std grows with the size of the margin
 # (measured single-feature AUC for "AI label wrong": 0.44 on HH-RLHF, 0.48 on PandaLM, i.e. a
 # large spread marks *confident* pairs), so a positive weight routes the wrong pairs; set it in
@@ -47,6 +47,7 @@ DEFAULT_WEIGHTS: dict[str, float] = {
     "ensemble_std": 0.0,
     "min_abs_margin": -1.0,
     "judge_inconsistency": 1.0,
+    "judge_entropy": 1.0,
     "ai_vs_label": 1.0,
 }
 SOURCE_PREFIX = "source="

@@ -27,6 +27,10 @@ Features (the column names; ``FEATURES`` lists them in this order):
   pair's features must not depend on how the other pairs are oriented.
 * ``judge_inconsistency``: share of judge rows (rows with a non-null ``consistent``) whose two
   presentation orders disagreed.
+* ``judge_entropy``: mean over the calibrated judge rows of the pair of the entropy (bits) of
+  the judge's verdicts over both orders and all samples (win / tie / lose; Wang et al. 2023):
+  high where the judge could not make up its mind, so those pairs reach people first. Null
+  without a calibrated judge (labels tables read without the column count as none).
 * ``ai_vs_label``: share of the valid votes that disagree with the pair's current label (ties
   half). For an AI label decided by the same labelers this is 1 - p; it matters most where the
   label came from elsewhere (another model, or a human label under re-annotation).
@@ -51,11 +55,14 @@ import re
 
 import polars as pl
 
+from curation.messages import message_chars
+
 FEATURES: tuple[str, ...] = (
     "labeler_disagreement",
     "ensemble_std",
     "min_abs_margin",
     "judge_inconsistency",
+    "judge_entropy",
     "ai_vs_label",
     "len_chosen",
     "len_rejected",
@@ -63,6 +70,7 @@ FEATURES: tuple[str, ...] = (
     "len_diff",
     "response_similarity",
 )
+LABEL_FEATURES = FEATURES[:6]  # the ones computed from the labels
 # What each feature needs from the pairs frame.
 PAIR_INPUTS = ["pair_id", "prompt", "chosen", "rejected", "source_dataset"]
 _WORD = re.compile(r"\w+")
@@ -93,7 +101,7 @@ def percentile_rank(expr: pl.Expr) -> pl.Expr:
 
 def _text_features(pairs: pl.DataFrame) -> pl.DataFrame:
     def chars(col: str) -> pl.Expr:
-        return pl.col(col).list.eval(pl.element().struct.field("content").str.len_chars()).list.sum().fill_null(0).cast(pl.Float64)
+        return message_chars(col).cast(pl.Float64)
 
     def words(col: str) -> pl.Expr:
         text = pl.col(col).list.eval(pl.element().struct.field("content")).list.join("\n\n").str.to_lowercase()
@@ -123,14 +131,17 @@ def _text_features(pairs: pl.DataFrame) -> pl.DataFrame:
 
 def _label_features(labels: pl.DataFrame) -> pl.DataFrame:
     """The label-based features per pair id that has at least one label row."""
-    schema = {name: pl.Float64 for name in FEATURES[:5]}
+    schema = {name: pl.Float64 for name in LABEL_FEATURES}
     if labels.is_empty():
         return pl.DataFrame(schema={"pair_id": pl.String, **schema})
+    if "entropy" not in labels.columns:
+        labels = labels.with_columns(pl.lit(None, dtype=pl.Float64).alias("entropy"))
     rows = labels.with_columns(_vote().alias("_vote"), pl.when(_valid_margin()).then(pl.col("margin")).alias("_m"))
 
     votes = rows.group_by("pair_id").agg(
         pl.col("_vote").mean().alias("_p"),
         pl.when(pl.col("consistent").is_not_null()).then(pl.col("consistent").not_().cast(pl.Float64)).mean().alias("judge_inconsistency"),
+        pl.col("entropy").mean().alias("judge_entropy"),
     )
 
     # group scales (root mean square over all pairs, which flipping a pair does not change): of
@@ -161,6 +172,7 @@ def _label_features(labels: pl.DataFrame) -> pl.DataFrame:
         pl.col("ensemble_std").cast(pl.Float64),
         pl.col("min_abs_margin").cast(pl.Float64),
         pl.col("judge_inconsistency").cast(pl.Float64),
+        pl.col("judge_entropy").cast(pl.Float64),
         (1 - pl.col("_p")).alias("ai_vs_label"),
     )
 

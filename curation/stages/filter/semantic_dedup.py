@@ -28,6 +28,12 @@ with ``semantic_duplicate_prompt`` / ``semantic_duplicate_pair``, matched to the
 first pair; scores ``cluster_id``, ``cluster_size`` and ``similarity`` (to the kept
 representative, null for kept pairs).
 
+Each distinct text is embedded once per run: the embedding backend keeps vectors by (model
+fingerprint, sha256 of the text) in a per-process memo shared with the BT ensemble and the
+evaluation, and on disk under ``WORK_ROOT/cache/embeddings``, so a rerun over the same pairs
+embeds nothing and loads no model (``curation/models/embedder.py``). The summary records the
+dtype the embedder ran in (``dtype: auto`` resolves per machine).
+
 Search is exact, not approximate: the similarity matrix is computed in square blocks of
 ``BLOCK`` x ``BLOCK`` (upper triangle only), so memory holds the n x d vectors (1.5 KB per
 text for MiniLM, three texts per pair on ``pair``) plus one 4 MB block, never n x n. At
@@ -125,4 +131,6 @@ def run(cfg: SemanticDedupStep, pairs: PairSource, labels: pl.DataFrame, ctx: St
         return np.einsum("ikd,ikd->ik", vectors[a], vectors[b]).min(axis=1).astype(np.float64)
 
     summary = {"level": cfg.level, "threshold": cfg.threshold, "embedder": cfg.embedder.model, "exact_search": True, "block": BLOCK}
+    if chunks:  # the embedder was built: which dtype it ran in
+        summary["embedder_dtype"] = getattr(backends.get(cfg.embedder), "dtype", cfg.embedder.resolved_dtype())
     return cluster_result(g, uf.roots(), similarity, REASONS[cfg.level], summary)

@@ -38,7 +38,7 @@ from curation.records import content_ids
 from curation.stages.base import APPEND, REPLACE, Stage, StageOutput, pair_files, staged_rows
 from curation.stages.evaluation_set.stage import evaluation_file
 from curation.stages.filter import step_function
-from curation.stages.filter.base import STEP_LABEL_COLUMNS, PairSource, StepContext, StepResult
+from curation.stages.filter.base import STEP_LABEL_COLUMNS, PairSource, StepContext, StepResult, judge_entropy
 from curation.stages.label.base import BackendPool
 from curation.tables import count_rows
 from schemas import arrow_schema
@@ -237,10 +237,11 @@ def score_histograms(result: StepResult) -> dict[str, Any]:
 
 
 def read_labels(labels_file: str | None) -> pl.DataFrame:
+    """The labels columns the steps read, plus a judge's verdict ``entropy`` pulled out of ``details``."""
     if labels_file:
-        return pl.read_parquet(labels_file, columns=STEP_LABEL_COLUMNS)
+        return pl.scan_parquet(labels_file).select(*STEP_LABEL_COLUMNS, judge_entropy()).collect()
     schema = pl.from_arrow(arrow_schema("labels").empty_table()).schema
-    return pl.DataFrame(schema={c: schema[c] for c in STEP_LABEL_COLUMNS})
+    return pl.DataFrame(schema={**{c: schema[c] for c in STEP_LABEL_COLUMNS}, "entropy": pl.Float64})
 
 
 RunStep = Callable[[Any, PairSource, pl.DataFrame, StepContext], StepResult]

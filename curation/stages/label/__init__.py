@@ -1,4 +1,4 @@
-"""Labeling pairs: LLM judges, density-ratio and follow-up-likelihood rewards, reward models.
+"""Labeling pairs: LLM judges, density-ratio and follow-up-likelihood rewards, reward models, the length baseline.
 
 Every labeler is one module with a pure core (pairs table in, labels table out) registered in
 ``LABELERS``; ``build_labeler`` makes one from its recipe section. Modules are imported lazily
@@ -20,6 +20,7 @@ LABELERS: dict[str, str] = {
     "follow_up": "curation.stages.label.follow_up:FollowUpLikelihood",
     "reward_model": "curation.stages.label.reward_model:RewardModel",
     "bt_ensemble": "curation.stages.label.bt_ensemble:BTEnsemble",
+    "length": "curation.stages.label.length:LengthLabeler",
 }
 
 

@@ -22,6 +22,11 @@ PandaLM 888 majority-vote pairs): phi = e_y, the response's embedding, scored 0.
 only add variance (``features: response_prompt`` keeps them for larger data; the prompt's text
 is its last user turn, what the response answers, as MiniLM reads only 256 word pieces).
 l2 = 10 (loss summed over pairs): l2 = 1 scored 0.585 / 0.624, l2 = 100 0.602 / 0.643.
+
+Cost: embedding is nearly all of it (fitting the heads takes about a second for 3,000 pairs).
+Each distinct text is embedded once per run and kept on disk (``curation/models/embedder.py``),
+and the label stage keeps the whole run's labels keyed by ``training_inputs``: a rerun over the
+same pairs with the same human labels neither embeds nor trains (``cache.RunCache``).
 """
 
 from __future__ import annotations
@@ -185,6 +190,20 @@ class BTEnsemble(Labeler):
         order = {view.pair_id: n for n, view in enumerate(views)}
         rows.sort(key=lambda r: order[r["pair_id"]])
         return self.table(rows)
+
+    def training_inputs(self, pairs: pa.Table) -> dict[str, Any]:
+        """What the labels depend on besides the config (the label cache keys a whole run on
+        it): every pair to label, as (content id, label source, source dataset, fold of a human
+        pair), in a canonical order. The pair id hashes the prompt and both responses in
+        chosen/rejected order, so it carries the direction of a human label too."""
+        prompts = pairs["prompt"].to_pylist()
+        rows = sorted(
+            (pid, label_source, source, fold_of(prompt, self.cfg.members, self.cfg.seed) if label_source == "human" else None)
+            for pid, label_source, source, prompt in zip(
+                pairs["pair_id"].to_pylist(), pairs["label_source"].to_pylist(), pairs["source_dataset"].to_pylist(), prompts
+            )
+        )
+        return {"pairs": rows}
 
     def _groups(self, sources: list[str], human: list[int]) -> dict[str | None, tuple[list[int], list[int]]]:
         """Training group -> (human pairs it trains on, pairs it scores). With ``per_source``

@@ -14,10 +14,18 @@ in the ``labels`` contract schema. A file is written under a temporary name and 
 (``os.replace``), so a crash, kill -9 or Ctrl-C leaves whole files or none, and a rerun
 labels only the pairs no file holds.
 
-What is not cached: labelers that see every pair at once (an ensemble trained on the data:
-a pair's label depends on the others), and rows recording a transient scoring failure
-(``scoring failed: ...``), which a rerun tries again. A reused row is re-stamped with the
-current labeler's name and full config, so it reads exactly as a freshly computed one.
+Labelers that see every pair at once (an ensemble trained on the data: a pair's label depends
+on all the others) are cached per run instead (``RunCache``): one file per (content key, hash
+of the labeler's ``training_inputs``), i.e. the human-labelled pairs with their labels and
+folds and the set of pairs to label. A rerun over the same selection (a filter-only change,
+say) reuses every label without embedding or training; any change in those inputs (one more
+human pair, a pair dropped) misses and retrains. ``WORK_ROOT/cache/labels/<content key>/
+run-<inputs hash>.parquet``, written atomically like the per-pair files.
+
+What is not cached: non-streaming labelers without ``training_inputs``, and rows recording a
+transient scoring failure (``scoring failed: ...``), which a rerun tries again (a run with one
+is not cached at all). A reused row is re-stamped with the current labeler's name and full
+config, so it reads exactly as a freshly computed one.
 """
 
 from __future__ import annotations
@@ -82,8 +90,12 @@ def _content(value: Any) -> Any:
 
 def labeler_key(labeler: Labeler) -> str | None:
     """The labeler's content key, or None when its labels cannot be cached per pair."""
-    if not labeler.streaming:
-        return None
+    return content_key(labeler) if labeler.streaming else None
+
+
+def content_key(labeler: Labeler) -> str:
+    """What a labeler answers depends on: its kind, the config fields that change labels (each
+    backend reduced to its model's identity, prompt files to their contents) and its prompts."""
     cfg = labeler.cfg
     fields = {k: _content(getattr(cfg, k)) for k in type(cfg).model_fields if k not in SELECTION_FIELDS}
     texts = {k: hashlib.sha256(v.encode()).hexdigest() for k in PROMPT_TEXTS if isinstance(v := getattr(labeler, k, None), str)}
@@ -97,17 +109,61 @@ def cache_root(work_root: str | Path) -> Path:
     return Path(work_root) / "cache" / "labels"
 
 
-class LabelCache:
-    """Finished labels of one labeler (one content key): look up by pair id, add by chunk.
+def open_cache(root: str | Path, labeler: Labeler) -> LabelCache | RunCache | None:
+    """The label cache for ``labeler``: per pair for a streaming labeler, per run for one that
+    trains on the whole selection and says what it trains on, else None."""
+    if labeler.streaming:
+        return LabelCache(root, labeler, content_key(labeler))
+    if callable(getattr(labeler, "training_inputs", None)):
+        return RunCache(root, labeler, content_key(labeler))
+    return None
 
-    ``reused`` and ``stored`` count pairs served from and written to the cache by this object.
-    """
+
+def restamp(labeler: Labeler, rows: pa.Table) -> pa.Table:
+    """Cached rows under the current labeler's name and provenance: a renamed labeler or a moved
+    backend reuses the labels, and the rows say what the run's recipe says."""
+    config_json, hashed, models = labeler._provenance
+    name = labeler.name
+    out = []
+    for row in rows.to_pylist():
+        old_group = row["labeler_group"]
+        suffix = row["labeler"][len(old_group) :] if row["labeler"].startswith(old_group) else ""
+        row.update(labeler=name + suffix, labeler_group=name, config=config_json, config_hash=hashed, models=models)
+        out.append(row)
+    return labeler.table(out)
+
+
+def _write_atomic(rows: pa.Table, final: Path) -> None:
+    """``rows`` as Parquet at ``final``, written under a temporary name and renamed."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{uuid.uuid4().hex}.tmp")
+    try:
+        with tmp.open("wb") as fh:
+            pq.write_table(rows.cast(arrow_schema("labels")), fh, compression="zstd")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class _KeyedCache:
+    """One labeler's folder of the cache (its content key). ``reused`` and ``stored`` count
+    pairs served from and written to the cache by this object."""
 
     def __init__(self, root: str | Path, labeler: Labeler, key: str):
         self.dir = Path(root) / key
         self.labeler = labeler
         self.reused = 0
         self.stored = 0
+
+
+class LabelCache(_KeyedCache):
+    """Finished labels of one labeler (one content key): look up by pair id, add by chunk."""
+
+    def __init__(self, root: str | Path, labeler: Labeler, key: str):
+        super().__init__(root, labeler, key)
         self._index: dict[str, Path] | None = None
 
     # -- reading ---------------------------------------------------------------------------
@@ -147,17 +203,7 @@ class LabelCache:
         return self._restamp(pa.concat_tables(parts))
 
     def _restamp(self, rows: pa.Table) -> pa.Table:
-        """Name and provenance of the current labeler: a renamed labeler or a moved backend
-        reuses the labels, and the rows say what the run's recipe says."""
-        config_json, hashed, models = self.labeler._provenance
-        name = self.labeler.name
-        out = []
-        for row in rows.to_pylist():
-            old_group = row["labeler_group"]
-            suffix = row["labeler"][len(old_group) :] if row["labeler"].startswith(old_group) else ""
-            row.update(labeler=name + suffix, labeler_group=name, config=config_json, config_hash=hashed, models=models)
-            out.append(row)
-        return self.labeler.table(out)
+        return restamp(self.labeler, rows)
 
     # -- writing ---------------------------------------------------------------------------
     def put(self, rows: pa.Table) -> int:
@@ -171,18 +217,8 @@ class LabelCache:
             rows = rows.filter(pc.invert(pc.is_in(rows["pair_id"], pa.array(sorted(failed), pa.string()))))
         if not rows.num_rows:
             return 0
-        self.dir.mkdir(parents=True, exist_ok=True)
-        name = uuid.uuid4().hex
-        tmp, final = self.dir / f".{name}.tmp", self.dir / f"{name}.parquet"
-        try:
-            with tmp.open("wb") as fh:
-                pq.write_table(rows.cast(arrow_schema("labels")), fh, compression="zstd")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        final = self.dir / f"{uuid.uuid4().hex}.parquet"
+        _write_atomic(rows, final)
         ids = set(rows["pair_id"].to_pylist())
         for pid in ids:
             self.index.setdefault(pid, final)
@@ -200,3 +236,48 @@ class LabelCache:
                     tmp.unlink()
             except OSError:
                 pass
+
+
+class RunCache(_KeyedCache):
+    """Whole-run labels of a labeler that trains on the selection it labels (the BT ensemble),
+    keyed by its content key and a hash of its ``training_inputs(pairs)``."""
+
+    def __init__(self, root: str | Path, labeler: Labeler, key: str):
+        super().__init__(root, labeler, key)
+        self._last: tuple[pa.Table, Path] | None = None
+
+    def path(self, pairs: pa.Table) -> Path:
+        if self._last is not None and self._last[0] is pairs:
+            return self._last[1]
+        inputs = self.labeler.training_inputs(pairs)  # type: ignore[attr-defined]
+        blob = json.dumps({"v": CACHE_VERSION, "inputs": inputs}, sort_keys=True, separators=(",", ":"), default=str)
+        path = self.dir / f"run-{hashlib.sha256(blob.encode()).hexdigest()[:32]}.parquet"
+        self._last = (pairs, path)
+        return path
+
+    def get(self, pairs: pa.Table) -> pa.Table | None:
+        """The labels of exactly this selection with these training inputs, in the selection's
+        pair order (stable within a pair), re-stamped for this labeler; None on a miss."""
+        path = self.path(pairs)
+        if not path.is_file():
+            return None
+        try:
+            rows = pq.read_table(path, schema=arrow_schema("labels"))
+        except (OSError, pa.ArrowException):  # damaged: label again (and overwrite it)
+            return None
+        ids = pairs["pair_id"].to_pylist()
+        if set(rows["pair_id"].to_pylist()) != set(ids):  # cannot happen for the same inputs; never trust it if it does
+            return None
+        position = {pid: i for i, pid in enumerate(ids)}
+        cached = rows["pair_id"].to_pylist()
+        order = sorted(range(rows.num_rows), key=lambda i: position[cached[i]])
+        self.reused += len(position)
+        return restamp(self.labeler, rows.take(pa.array(order, pa.int64())))
+
+    def put(self, pairs: pa.Table, rows: pa.Table) -> int:
+        """Keep a finished run's labels; a run with a transient scoring failure is not kept."""
+        if not rows.num_rows or any(failed_to_score(e) for e in rows["error"].to_pylist()):
+            return 0
+        _write_atomic(rows, self.path(pairs))
+        self.stored += pairs.num_rows
+        return pairs.num_rows

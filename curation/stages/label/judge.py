@@ -28,6 +28,20 @@ parse): P(A) = softmax over the two. Both orders are still asked and combined th
 the scores become the probability mass each slot got over the two orders, so the margin says
 how sure the judge was.
 
+The strict rule turns a judge with a strong position bias into all ties (SmolLM2 picks one slot
+for 29 of 30 pairs). ``mode: calibrated`` keeps the signal under the bias instead: the verdict
+comes from P(response A is better) averaged over both orders (log-prob verdicts: P("A") in the
+first order and P("B") in the second; reply verdicts: the share of votes for A over both orders
+and every sample, a tie counting half), a tie within ``tie_band`` of 0.5. A pure position bias
+cancels (a judge answering "A" with the same probability in both orders gives p = 0.5, a tie);
+a preference that survives the swap moves p. With ``samples: k`` each order is asked k times
+and the entropy (bits) of the 2k verdicts over win / tie / lose is recorded (balanced position
+calibration with human-in-the-loop, Wang et al. 2023): the router sends the pairs the judge is
+least sure of to people first. For log-prob verdicts the entropy is that of the averaged
+two-way distribution, the limit of infinitely many samples. Every pairwise row records its
+first-slot picks (``first_slot``, of ``slot_picks`` non-tie answers; soft counts for log-prob
+verdicts), so the agreement table can report each judge's position bias.
+
 Prompts are plain-text template files a user can replace (``template``, ``system_prompt``).
 Placeholders are substituted in one pass of the known names only, so braces in the data (code,
 JSON) and placeholder-like text inside a response are left alone.
@@ -369,6 +383,42 @@ def combine_orders(first: str, second_swapped: str) -> tuple[float, float, str, 
     return score_a, score_b, (first if consistent else "tie"), consistent
 
 
+def entropy_bits(weights: Sequence[float]) -> float:
+    """Shannon entropy (bits) of a distribution given by non-negative weights."""
+    total = sum(weights)
+    if total <= 0:
+        return 0.0
+    return max(0.0, -sum(w / total * math.log2(w / total) for w in weights if w > 0))
+
+
+def calibrated_verdict(p_a: float, tie_band: float) -> str:
+    """A / B when P(slot A is better) leaves the tie band around 0.5, else a tie."""
+    if p_a > 0.5 + tie_band:
+        return "A"
+    if p_a < 0.5 - tie_band:
+        return "B"
+    return "tie"
+
+
+def majority(votes: Sequence[str]) -> str:
+    """The slot most votes of one order picked (a tie when A and B are level)."""
+    share = sum(POINTS[v][0] for v in votes) / len(votes)
+    return "A" if share > 0.5 else "B" if share < 0.5 else "tie"
+
+
+@dataclass(frozen=True)
+class Sampled:
+    """One conversation asked ``samples`` times: each sample's outcome, in order."""
+
+    outcomes: tuple[Outcome, ...]
+
+
+def first_slot_counts(answers: Sequence[str]) -> dict[str, float]:
+    """The judge's own answers ("A" = the response shown first): first-slot picks of the non-tie ones."""
+    picks = [a for a in answers if a in ("A", "B")]
+    return {"first_slot": float(sum(a == "A" for a in picks)), "slot_picks": float(len(picks))}
+
+
 class PairwiseJudge(_Judge):
     """Which of the two responses is better, asked chosen-first and rejected-first."""
 
@@ -383,6 +433,10 @@ class PairwiseJudge(_Judge):
         system = "pairwise_letter_system.txt" if cfg.verdict_by == "logprobs" else "pairwise_system.txt"
         return template, load_system_prompt(cfg.system_prompt, TEMPLATES_DIR / system)
 
+    @property
+    def calibrated(self) -> bool:
+        return self.cfg.mode == "calibrated"
+
     def conversation(self, view: PairView, swapped: bool) -> Conversation:
         first, second = (view.response_b, view.response_a) if swapped else (view.response_a, view.response_b)
         user = fill(self.template, {"prompt": render_conversation(view.prompt), "response_a": first, "response_b": second})
@@ -394,21 +448,29 @@ class PairwiseJudge(_Judge):
     def parse(self, reply: StructuredReply) -> Parsed:
         return parse_pairwise(reply)
 
-    def answers(self, backend: ModelBackend, asked: list[Conversation]) -> Sequence[Outcome] | Sequence[Letters]:
-        """``verdict_by: logprobs`` reads each answer off two log-probs instead of a reply."""
+    def answers(self, backend: ModelBackend, asked: list[Conversation]) -> Sequence[Outcome] | Sequence[Letters] | Sequence[Sampled]:
+        """``verdict_by: logprobs`` reads each answer off two log-probs instead of a reply;
+        ``samples: k`` asks every conversation k times (seeds apart by 1000 per sample)."""
         if self.cfg.verdict_by == "logprobs":
             return letter_probabilities(backend, asked)
-        return super().answers(backend, asked)
+        if self.cfg.samples == 1:
+            return super().answers(backend, asked)
+        rounds = [
+            ask(backend, asked, self.schema, self.parse, self.cfg.model_copy(update={"seed": self.cfg.seed + 1000 * k}))
+            for k in range(self.cfg.samples)
+        ]
+        return [Sampled(tuple(r[i] for r in rounds)) for i in range(len(asked))]
 
-    def pair_row(self, view: PairView, ab: Outcome | Letters, ba: Outcome | Letters) -> dict[str, Any]:
+    def pair_row(self, view: PairView, ab: Any, ba: Any) -> dict[str, Any]:
         if isinstance(ab, tuple) and isinstance(ba, tuple):  # verdict_by: logprobs
             return self.letter_row(view, ab, ba)
+        if isinstance(ab, Sampled) and isinstance(ba, Sampled):
+            return self.sampled_row(view, ab, ba)
         assert isinstance(ab, Outcome) and isinstance(ba, Outcome)
         return super().pair_row(view, ab, ba)
 
     def judged_row(self, view: PairView, ab: Parsed, ba: Parsed, details: dict[str, Any], raw: Any) -> dict[str, Any]:
         v_ab, v_ba = ab.value["verdict"], ba.value["verdict"]
-        score_a, score_b, verdict, consistent = combine_orders(v_ab, v_ba)
         details.update(
             verdict_ab=v_ab,
             verdict_ba=v_ba,
@@ -417,19 +479,76 @@ class PairwiseJudge(_Judge):
             reasoning_ba=ba.value["reasoning"],
             parsed_by={"ab": ab.how, "ba": ba.how},
         )
+        if self.calibrated:
+            return self.vote_row(view, [v_ab], [v_ba], details, raw)
+        score_a, score_b, verdict, consistent = combine_orders(v_ab, v_ba)
+        details.update(first_slot_counts([v_ab, v_ba]))
         confidence = abs(score_a - score_b) / 2
         return self.row(
             view.pair_id, score_a, score_b, verdict=verdict, confidence=confidence, consistent=consistent, details=details, raw=raw
         )
 
+    def vote_row(self, view: PairView, votes_ab: list[str], votes_ba: list[str], details: dict[str, Any], raw: Any) -> dict[str, Any]:
+        """Calibrated: P(slot A better) = the share of slot-A votes over both orders (ties half);
+        the entropy of all votes over win / tie / lose says how sure the judge was."""
+        slots = votes_ab + [SWAP[v] for v in votes_ba]
+        p_a = sum(POINTS[v][0] for v in slots) / len(slots)
+        counts = [sum(v == w for v in slots) for w in ("A", "tie", "B")]
+        details.update(
+            p_a_better=p_a,
+            votes_ab=votes_ab,
+            votes_ba=votes_ba,
+            entropy=entropy_bits(counts),
+            **first_slot_counts(votes_ab + votes_ba),
+        )
+        return self.row(
+            view.pair_id,
+            2 * p_a,
+            2 * (1 - p_a),
+            verdict=calibrated_verdict(p_a, self.cfg.tie_band),
+            confidence=abs(2 * p_a - 1),
+            consistent=majority(votes_ab) == majority([SWAP[v] for v in votes_ba]),
+            details=details,
+            raw=raw,
+        )
+
+    def sampled_row(self, view: PairView, ab: Sampled, ba: Sampled) -> dict[str, Any]:
+        """Every parsed sample of both orders votes; an order with no parsed sample leaves the
+        position bias uncorrected, so the pair is invalid (naming the order)."""
+        raw = {"ab": [o.attempts for o in ab.outcomes], "ba": [o.attempts for o in ba.outcomes]}
+        details: dict[str, Any] = {"usage": usage(*ab.outcomes, *ba.outcomes), "samples": self.cfg.samples}
+        votes = {key: [o.parsed.value["verdict"] for o in side.outcomes if o.parsed] for key, side in (("ab", ab), ("ba", ba))}
+        missing = [
+            f"{name}: no parsed verdict in {self.cfg.samples} samples: {side.outcomes[-1].last_error}"
+            for (key, name), side in zip(self.questions, (ab, ba))
+            if not votes[key]
+        ]
+        if missing:
+            return self.row(view.pair_id, None, None, verdict="invalid", details=details, raw=raw, error="; ".join(missing))
+        details["invalid_samples"] = 2 * self.cfg.samples - len(votes["ab"]) - len(votes["ba"])
+        return self.vote_row(view, votes["ab"], votes["ba"], details, raw)
+
     def letter_row(self, view: PairView, ab: Letters, ba: Letters) -> dict[str, Any]:
-        """Scores = probability mass each slot got over both orders (in [0, 2]); the verdict
-        of each order is its likelier letter, combined as for generated verdicts."""
+        """Scores = probability mass each slot got over both orders (in [0, 2]). Strict: the
+        verdict of each order is its likelier letter, combined as for generated verdicts.
+        Calibrated: P(slot A better) = the mean of P("A") first and P("B") swapped."""
         p_a_ab, p_a_ba = _softmax2(*ab), _softmax2(*ba)  # P("A") in each order
         v_ab, v_ba = verdict_from_margin(p_a_ab - 0.5), verdict_from_margin(p_a_ba - 0.5)
         _, _, verdict, consistent = combine_orders(v_ab, v_ba)
         score_a, score_b = p_a_ab + (1 - p_a_ba), (1 - p_a_ab) + p_a_ba
-        details = {"verdict_ab": v_ab, "verdict_ba": v_ba, "p_letter_a_ab": p_a_ab, "p_letter_a_ba": p_a_ba}
+        details = {
+            "verdict_ab": v_ab,
+            "verdict_ba": v_ba,
+            "p_letter_a_ab": p_a_ab,
+            "p_letter_a_ba": p_a_ba,
+            # soft position counts: the probability the judge put on the first slot, per order
+            "first_slot": p_a_ab + p_a_ba,
+            "slot_picks": 2.0,
+        }
+        if self.calibrated:
+            p_a = score_a / 2
+            verdict = calibrated_verdict(p_a, self.cfg.tie_band)
+            details.update(p_a_better=p_a, entropy=entropy_bits([p_a, 1 - p_a]))
         raw = {"ab": {"logprob_A": ab[0], "logprob_B": ab[1]}, "ba": {"logprob_A": ba[0], "logprob_B": ba[1]}}
         return self.row(
             view.pair_id,

@@ -14,7 +14,9 @@ alone; each of those gets an ``invalid`` row whose error says why (``scoring fai
 instead of failing the run, so a flaky server costs labels, never the run, and no pair goes
 missing. When nothing of a chunk succeeds and several pairs have failed alone, the server
 is taken to be down: the run stops with that error (finished chunks stay cached).
-The per-labeler counts say how many pairs were reused, scored and failed.
+The per-labeler counts say how many pairs were reused, scored and failed. A labeler trained
+on the whole selection (the BT ensemble) is cached per run instead: the same selection with the
+same human labels reuses every label, without embedding or training (``cache.RunCache``).
 """
 
 from __future__ import annotations
@@ -32,24 +34,40 @@ import pyarrow.parquet as pq
 
 from curation.config import RunConfig
 from curation.errors import ConfigError, CurationError
+from curation.messages import message_chars
 from curation.models.base import Unsupported
 from curation.progress import NoProgress, Progress
 from curation.stages.base import REPLACE, Stage, StageOutput, pair_files
 from curation.stages.label import BackendPool, build_labeler, check_labeler
 from curation.stages.label.agreement import (
-    AGREEMENT_LABEL_COLUMNS,
     agreement,
+    breakdown_rows,
     calibration_rows,
     margin_histograms,
     pairwise_agreement,
+    read_labels,
     summary_rows,
 )
 from curation.stages.label.base import LABELER_PAIR_COLUMNS, Labeler, scoring_failure
-from curation.stages.label.cache import LabelCache, cache_root, failed_to_score, labeler_key
+from curation.stages.label.cache import LabelCache, RunCache, cache_root, failed_to_score, open_cache
 from curation.stages.label.config import LabelConfig
 from schemas import arrow_schema
 
 SELECT = {"all": None, "human": ["human"], "unlabeled": ["unlabeled"]}
+# agreement row fields the run summary leaves out: of the binned rows, of the summary rows
+BIN_KEYS = ("bin", "bin_by", "margin_low", "margin_high", "log_ratio_low", "log_ratio_high")
+SUMMARY_ONLY = (
+    "source_dataset",
+    "breakdown",
+    "breakdown_value",
+    "ci_low",
+    "ci_high",
+    "consistency_rate",
+    "tie_rate",
+    "invalid_rate",
+    "length_correlation",
+    "position_bias",
+)
 DOWN_AFTER = 8
 """Pairs failing alone, with nothing of their chunk labelled yet, that mean the backend is down
 (fewer could be a run of bad pairs at the head of a chunk: over-long prompts, say)."""
@@ -166,7 +184,7 @@ def run_labeler(
     files: list[str],
     writer: pq.ParquetWriter,
     progress: Progress,
-    cache: LabelCache | None = None,
+    cache: LabelCache | RunCache | None = None,
 ) -> dict[str, Any]:
     limit = labeler.cfg.limit or label_cfg.limit
     chunks = selected_pairs(files, label_cfg.pairs, limit, label_cfg.chunk_size)
@@ -185,7 +203,16 @@ def run_labeler(
     for pairs in chunks:
         if not pairs.num_rows:
             continue
-        if cache is not None:
+        if isinstance(cache, RunCache):  # the whole selection: reused only with unchanged training inputs
+            cached = cache.get(pairs)
+            if cached is None:
+                out = new = labeler.label(pairs)
+                cache.put(pairs, new)
+                scored += pairs.num_rows
+            else:
+                out, new = cached, labeler.table([])
+                reused += pairs.num_rows
+        elif cache is not None:
             hits = cache.get(pairs["pair_id"].to_pylist())
             hit_ids = set(hits["pair_id"].to_pylist())
             todo = pairs.filter(pc.invert(pc.is_in(pairs["pair_id"], pa.array(sorted(hit_ids), pa.string())))) if hit_ids else pairs
@@ -224,6 +251,28 @@ def run_labeler(
     }
 
 
+def agreement_pairs(files: list[str], by: list[str]) -> pl.DataFrame:
+    """What agreement needs of the pairs, scanned per file: ids, label source, source, the
+    responses' lengths, and the metadata only when a breakdown names fields of it."""
+    columns = ["pair_id", "label_source", "source_dataset", *(["metadata"] if by else [])]
+    parts = [
+        pl.scan_parquet(f)
+        .select(*columns, message_chars("chosen").alias("len_chosen"), message_chars("rejected").alias("len_rejected"))
+        .collect()
+        for f in files
+    ]
+    if parts:
+        return pl.concat(parts, how="vertical")
+    schema = {
+        "pair_id": pl.String,
+        "label_source": pl.String,
+        "source_dataset": pl.String,
+        "len_chosen": pl.Float64,
+        "len_rejected": pl.Float64,
+    }
+    return pl.DataFrame(schema={**schema, **({"metadata": pl.String} if by else {})})
+
+
 def _drop(row: dict[str, Any], *keys: str) -> dict[str, Any]:
     return {k: v for k, v in row.items() if k not in keys}
 
@@ -244,20 +293,15 @@ def label(cfg: RunConfig, run_dir: str | Path, pair_files: list[str], progress: 
     try:
         for lab_cfg in label_cfg.labelers:
             labeler = build_labeler(lab_cfg, pool)
-            key = labeler_key(labeler)
-            cache = LabelCache(cache_root(cfg.work_root), labeler, key) if key is not None else None
+            cache = open_cache(cache_root(cfg.work_root), labeler)
             per_labeler[lab_cfg.name] = run_labeler(labeler, label_cfg, files, writer, progress, cache)
     finally:
         writer.close()
         pool.close()
-    pairs = (
-        pl.concat([pl.read_parquet(f, columns=["pair_id", "label_source", "source_dataset"]) for f in files], how="vertical")
-        if files
-        else pl.DataFrame(schema={"pair_id": pl.String, "label_source": pl.String, "source_dataset": pl.String})
-    )
     a = label_cfg.agreement
-    labels = pl.read_parquet(labels_path, columns=AGREEMENT_LABEL_COLUMNS)
-    table = agreement(labels, pairs, resamples=a.bootstrap, bins=a.bins, seed=a.seed)
+    pairs = agreement_pairs(files, a.by)
+    labels = read_labels(str(labels_path))
+    table = agreement(labels, pairs, resamples=a.bootstrap, bins=a.bins, seed=a.seed, by=a.by)
     pq.write_table(table, agreement_path, compression="zstd")
     counts = {
         "labelers": per_labeler,
@@ -265,10 +309,10 @@ def label(cfg: RunConfig, run_dir: str | Path, pair_files: list[str], progress: 
         "labels_reused": sum(c["labels_reused"] for c in per_labeler.values()),
         "labels_scored": sum(c["labels_scored"] for c in per_labeler.values()),
         "labels_failed": sum(c["labels_failed"] for c in per_labeler.values()),
-        "agreement": [_drop(r, "bin", "margin_low", "margin_high", "source_dataset") for r in summary_rows(table)],
-        "calibration": [
-            _drop(r, "source_dataset", "ci_low", "ci_high", "consistency_rate", "tie_rate", "invalid_rate") for r in calibration_rows(table)
-        ],
+        "agreement": [_drop(r, *BIN_KEYS, "source_dataset", "breakdown", "breakdown_value") for r in summary_rows(table)],
+        "calibration": [_drop(r, *SUMMARY_ONLY, "log_ratio_low", "log_ratio_high") for r in calibration_rows(table)],
+        "length_bins": [_drop(r, *SUMMARY_ONLY, "margin_low", "margin_high") for r in calibration_rows(table, "length")],
+        "agreement_breakdown": [_drop(r, *BIN_KEYS) for r in breakdown_rows(table)],
         # for the run report, which never reads the labels table itself
         "pairwise": pairwise_agreement(labels),
         "margins": margin_histograms(labels),
