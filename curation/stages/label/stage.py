@@ -21,6 +21,7 @@ same human labels reuses every label, without embedding or training (``cache.Run
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -273,6 +274,15 @@ def agreement_pairs(files: list[str], by: list[str]) -> pl.DataFrame:
     return pl.DataFrame(schema={**schema, **({"metadata": pl.String} if by else {})})
 
 
+def unmatched(by: list[str], breakdown: list[dict[str, Any]]) -> list[str]:
+    """The ``by`` fields that produced no breakdown row, each said once on stderr."""
+    found = {r["breakdown"] for r in breakdown}
+    missing = [f for f in by if f not in found]
+    for field in missing:
+        print(f"label: agreement.by field {field!r} is in no human-labelled pair's metadata; no breakdown for it", file=sys.stderr)
+    return missing
+
+
 def _drop(row: dict[str, Any], *keys: str) -> dict[str, Any]:
     return {k: v for k, v in row.items() if k not in keys}
 
@@ -312,7 +322,9 @@ def label(cfg: RunConfig, run_dir: str | Path, pair_files: list[str], progress: 
         "agreement": [_drop(r, *BIN_KEYS, "source_dataset", "breakdown", "breakdown_value") for r in summary_rows(table)],
         "calibration": [_drop(r, *SUMMARY_ONLY, "log_ratio_low", "log_ratio_high") for r in calibration_rows(table)],
         "length_bins": [_drop(r, *SUMMARY_ONLY, "margin_low", "margin_high") for r in calibration_rows(table, "length")],
-        "agreement_breakdown": [_drop(r, *BIN_KEYS) for r in breakdown_rows(table)],
+        "agreement_breakdown": (breakdown := [_drop(r, *BIN_KEYS) for r in breakdown_rows(table)]),
+        # label.agreement.by fields no human-labelled pair's metadata holds (a typo, or the adapter lacks metadata_fields)
+        "agreement_by_unmatched": unmatched(a.by, breakdown),
         # for the run report, which never reads the labels table itself
         "pairwise": pairwise_agreement(labels),
         "margins": margin_histograms(labels),

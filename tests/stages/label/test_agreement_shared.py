@@ -35,7 +35,7 @@ def agreement_root(tmp_path_factory: pytest.TempPathFactory, shared_data: Path, 
         {"name": "oasst", "path": str(shared_data / "oasst1-en-validation" / "en-validation.jsonl"), "adapter": "oasst"},
     ]
     label = {
-        "agreement": {"by": ["motivation_app"]},
+        "agreement": {"by": ["motivation_app", "no_such_field"]},
         "labelers": [
             {"name": "length", "kind": "length"},
             {
@@ -48,7 +48,8 @@ def agreement_root(tmp_path_factory: pytest.TempPathFactory, shared_data: Path, 
         ],
     }
     cfg = recipe_config(tmp, sources, dataset="agree-shared", label=label)
-    curate(cfg)
+    result = curate(cfg)
+    assert result.funnel["labels"]["agreement_by_unmatched"] == ["no_such_field"]  # said, not silently empty
     return cfg.data_root
 
 
