@@ -232,8 +232,8 @@ def print_labels(labels: dict) -> None:
 def _text_table(title: str, header: list[str], rows: list[list]) -> Table:
     """A rich table of the report's (header, rows): the CLI prints what the HTML report shows."""
     table = Table(title=title, show_header=True)
-    for col in header:
-        table.add_column(col)
+    for i, col in enumerate(header):
+        table.add_column(col, no_wrap=i < 2)  # names and kinds whole; the figures' headers wrap
     for row in rows:
         table.add_row(*[str(v) for v in row])
     return table

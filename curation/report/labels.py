@@ -45,7 +45,7 @@ def _pct(x: float | None) -> str:
 
 
 def _ci(r: dict[str, Any]) -> str:
-    return f"{_pct(r['ci_low'])} - {_pct(r['ci_high'])}" if r.get("ci_low") is not None else ""
+    return f"{100 * r['ci_low']:.1f}-{100 * r['ci_high']:.1f}%" if r.get("ci_low") is not None else ""
 
 
 def _decided(r: dict[str, Any]) -> int:
