@@ -88,11 +88,6 @@ def _content(value: Any) -> Any:
     return value
 
 
-def labeler_key(labeler: Labeler) -> str | None:
-    """The labeler's content key, or None when its labels cannot be cached per pair."""
-    return content_key(labeler) if labeler.streaming else None
-
-
 def content_key(labeler: Labeler) -> str:
     """What a labeler answers depends on: its kind, the config fields that change labels (each
     backend reduced to its model's identity, prompt files to their contents) and its prompts."""
@@ -200,10 +195,7 @@ class LabelCache(_KeyedCache):
             table = pq.read_table(path, schema=arrow_schema("labels"))
             parts.append(table.filter(pc.is_in(table["pair_id"], pa.array(ids, pa.string()))))
         self.reused += sum(len(ids) for ids in by_file.values())
-        return self._restamp(pa.concat_tables(parts))
-
-    def _restamp(self, rows: pa.Table) -> pa.Table:
-        return restamp(self.labeler, rows)
+        return restamp(self.labeler, pa.concat_tables(parts))
 
     # -- writing ---------------------------------------------------------------------------
     def put(self, rows: pa.Table) -> int:
@@ -265,11 +257,10 @@ class RunCache(_KeyedCache):
             rows = pq.read_table(path, schema=arrow_schema("labels"))
         except (OSError, pa.ArrowException):  # damaged: label again (and overwrite it)
             return None
-        ids = pairs["pair_id"].to_pylist()
-        if set(rows["pair_id"].to_pylist()) != set(ids):  # cannot happen for the same inputs; never trust it if it does
+        ids, cached = pairs["pair_id"].to_pylist(), rows["pair_id"].to_pylist()
+        if set(cached) != set(ids):  # cannot happen for the same inputs; never trust it if it does
             return None
         position = {pid: i for i, pid in enumerate(ids)}
-        cached = rows["pair_id"].to_pylist()
         order = sorted(range(rows.num_rows), key=lambda i: position[cached[i]])
         self.reused += len(position)
         return restamp(self.labeler, rows.take(pa.array(order, pa.int64())))

@@ -25,7 +25,7 @@ from curation.run.runner import curate
 from curation.stages.label import build_labeler
 from curation.stages.label.base import BackendPool
 from curation.stages.label.bt_ensemble import BTEnsemble
-from curation.stages.label.cache import RunCache, cache_root, labeler_key, open_cache
+from curation.stages.label.cache import LabelCache, RunCache, cache_root, open_cache
 from curation.stages.label.config import BTEnsembleConfig
 from curation.store.query import sql
 from tests.helpers import LABEL_PAIRS_SCHEMA, first_hh_pairs, labeler_pair, recipe_config
@@ -120,7 +120,7 @@ def _path(tmp_path: Path, rows: list[dict[str, Any]], **cfg: Any) -> Path:
 
 
 def test_the_run_key_follows_every_training_input(tmp_path: Path, pairs: list[dict[str, Any]]) -> None:
-    assert labeler_key(_bt(tmp_path)) is None  # never cached per pair
+    assert not isinstance(open_cache(cache_root(tmp_path), _bt(tmp_path)), LabelCache)  # never cached per pair
     base = _path(tmp_path, pairs)
     assert _path(tmp_path, pairs[::-1]) == base  # the order of the pairs labels nothing differently
 

@@ -15,7 +15,7 @@ import curation.stages.label as label_registry
 from curation.errors import CurationError
 from curation.run.runner import curate
 from curation.stages.label.base import Labeler, pair_views
-from curation.stages.label.cache import cache_root, labeler_key
+from curation.stages.label.cache import cache_root, content_key
 from curation.store.catalog import DatasetStore
 from curation.store.query import sql
 from tests.helpers import recipe_config
@@ -249,7 +249,7 @@ def test_label_cache_key_follows_what_changes_labels(tmp_path: Path) -> None:
     def key(**cfg: object) -> str | None:
         backend = {"backend": "openai", "model": "judge-model", "base_url": "http://127.0.0.1:1/v1", **cfg.pop("backend", {})}
         config = JudgePairwiseConfig(name=cfg.pop("name", "j"), backend=BackendConfig(**backend), template=str(template), **cfg)
-        return labeler_key(build_labeler(config, BackendPool(tmp_path, build=lambda c, r: pytest.fail("no backend is built"))))
+        return content_key(build_labeler(config, BackendPool(tmp_path, build=lambda c, r: pytest.fail("no backend is built"))))
 
     base = key()
     assert base is not None and len(base) == 32
