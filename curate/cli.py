@@ -250,6 +250,12 @@ def run(
     allow_empty: bool = typer.Option(
         False, "--allow-empty", help="Publish even when a source yields no kept pair (by default the run stops and says why)."
     ),
+    catalog: str | None = typer.Option(
+        None,
+        "--catalog",
+        help="file or postgres: where a new data root keeps its catalogs (the recipe's `catalog:`). postgres connects with "
+        "CURATE_PG_DSN or the PG* variables; the root remembers the choice (catalog.json).",
+    ),
 ) -> None:
     """Run a recipe: ingest -> validate -> dedup (-> generate -> label -> filter) -> publish a new dataset version.
 
@@ -264,6 +270,10 @@ def run(
 
     cfg = load_config(recipe, data_root=data_root)  # fail on a bad recipe before anything starts
     cfg.allow_empty = cfg.allow_empty or allow_empty
+    if catalog is not None or cfg.catalog is not None:
+        from curation.store.catalog import DatasetStore
+
+        DatasetStore(cfg.data_root, catalog=catalog or cfg.catalog).bind_catalog()
     progress = run_progress(cfg)
 
     def announce(funnel: dict, next_stages: list[str]) -> None:

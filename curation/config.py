@@ -95,6 +95,12 @@ class RunConfig(Strict):
         default="data",
         description="where datasets live: a folder (relative to the working directory) or an object-store URL (s3://bucket/prefix)",
     )
+    catalog: Literal["file", "postgres"] | None = Field(
+        default=None,
+        description="where the data root keeps its DuckLake catalogs: file (a DuckDB file per dataset, the default) or postgres "
+        "(PostgreSQL, for many concurrent publishers; connection from CURATE_PG_DSN or the PG* variables, never from the recipe). "
+        "The first run records the choice in the root (catalog.json); empty: whatever the root records (not part of the config hash)",
+    )
     work_dir: str | None = Field(
         default=None,
         description="local folder for runs, caches and converted models; default: the data root when it is a folder, else ./data",
@@ -132,6 +138,7 @@ class RunConfig(Strict):
         d = self.model_dump(mode="json", by_alias=True)
         d.pop("data_root", None)
         d.pop("work_dir", None)
+        d.pop("catalog", None)
         d.pop("orchestration", None)
         d.pop("allow_empty", None)
         d.pop("batch_size", None)

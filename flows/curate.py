@@ -167,7 +167,9 @@ def curate_flow(
     cfg.allow_empty = cfg.allow_empty or allow_empty
     logger = get_run_logger()
     publishing.sweep_runs(cfg.work_root)  # the folders of runs killed before they finished
-    if not force and (same := find_unchanged(cfg, DatasetStore(cfg.data_root))) is not None:
+    store = DatasetStore(cfg.data_root, catalog=cfg.catalog)
+    store.bind_catalog()  # a new root takes the recipe's catalog; a conflicting one stops the run here
+    if not force and (same := find_unchanged(cfg, store)) is not None:
         logger.info("%s v%d was built from this config and these inputs; nothing to do", same.dataset, same.version)
         return asdict(pipeline.unchanged_result(cfg, same))
     pipeline.check_stages(cfg)  # a bad backend or labeler config fails before any work

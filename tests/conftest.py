@@ -71,3 +71,27 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 @pytest.fixture(scope="session")
 def hh_path(shared_data: Path) -> Path:
     return shared_data / "hh-rlhf-harmless-base" / "test-dev-1200.jsonl"
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """One real PostgreSQL server for the session (tests/support/postgres_server.py); each test
+    keeps its catalogs apart in its own data root (its own schema namespace). Cannot start:
+    skipped here with the reason, a failure in CI (the skip is not an expected one)."""
+    from tests.support.postgres_server import PostgresUnavailable, start_postgres
+
+    try:
+        server = start_postgres()
+    except PostgresUnavailable as err:
+        pytest.skip(f"PostgreSQL server cannot start: {err}")
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def pg_env(pg_server, monkeypatch: pytest.MonkeyPatch):
+    """This process talks to the session's server: ``CURATE_PG_DSN`` set, ``PG*`` cleared."""
+    for name in [k for k in os.environ if k.startswith("PG")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("CURATE_PG_DSN", pg_server.dsn)
+    return pg_server

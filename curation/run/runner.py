@@ -97,7 +97,9 @@ def curate(
     """Run the spine in this process. ``force`` republishes even if nothing changed;
     ``on_curated`` hears the funnel as soon as the stages before the model stages finished."""
     sweep_runs(cfg.work_root)  # the folders of runs killed before they finished
-    if not force and (same := find_unchanged(cfg, DatasetStore(cfg.data_root))) is not None:
+    store = DatasetStore(cfg.data_root, catalog=cfg.catalog)
+    store.bind_catalog()  # a new root takes the recipe's catalog; a conflicting one stops the run here
+    if not force and (same := find_unchanged(cfg, store)) is not None:
         return unchanged_result(cfg, same)
     check_stages(cfg)
     run_dir = new_run_dir(cfg)

@@ -22,19 +22,19 @@ Readers never keep the catalog itself attached: they attach a private copy READ_
 long read never blocks a publish (why and how: ``curation.store.local``).
 
 How the catalog is kept is the transport's business (``curation.store.transport``): a local
-folder with file locks (``curation.store.local``), or an object store (``s3://bucket/prefix``)
+folder with file locks (``curation.store.local``), an object store (``s3://bucket/prefix``)
 with a gzipped catalog object committed by conditional writes, optimistically
-(``curation.store.object_store``). This module is the same for both: names, versions,
-reading, and a publish's steps (stage each table and check it against the contract, then
-one DuckLake transaction, committed through the transport).
+(``curation.store.object_store``), or, for a root bound to it (``curation.store.binding``),
+PostgreSQL with advisory locks and real transactions (``curation.store.postgres``). This
+module is the same for all of them: names, versions, reading, and a publish's steps (stage
+each table and check it against the contract, then one DuckLake transaction, committed
+through the transport).
 """
 
 from __future__ import annotations
 
 import json
 import re
-import shutil
-import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -49,6 +49,7 @@ import pyarrow as pa
 from curation.config import is_url
 from curation.errors import CurationError, DatasetNotFound
 from curation.files import file_digest
+from curation.store.binding import bind, read_binding
 from curation.store.contract import contract_schema, schema_problems, schema_string
 from curation.store.duck import detach, ident, lit, new_alias, open_duckdb, reader_cursor
 from curation.store.local import LocalCatalog
@@ -136,23 +137,61 @@ def _jsonable(x: Any) -> Any:
 class DatasetStore:
     """Publish and read versioned datasets under one data root."""
 
-    def __init__(self, root: str | Path, *, lock_timeout_s: float = 30.0):
-        """``root``: a local folder or an object-store URL (``s3://bucket/prefix``)."""
-        self._transport: CatalogTransport
+    def __init__(self, root: str | Path, *, lock_timeout_s: float = 30.0, catalog: str | None = None):
+        """``root``: a local folder or an object-store URL (``s3://bucket/prefix``).
+
+        ``catalog`` (``file`` or ``postgres``) binds a new root to that kind of catalog and
+        checks an existing root's binding; None uses whatever the root records
+        (``curation.store.binding``)."""
+        files: CatalogTransport
         if is_url(root):
-            self._transport = ObjectStoreCatalog(S3Root.parse(str(root)), lock_timeout_s, _hook)
+            files = ObjectStoreCatalog(S3Root.parse(str(root)), lock_timeout_s, _hook)
         else:
-            self._transport = LocalCatalog(Path(root).expanduser().resolve(), lock_timeout_s, _hook)
-        self.root: Path | str = self._transport.root
+            files = LocalCatalog(Path(root).expanduser().resolve(), lock_timeout_s, _hook)
+        self._files = files
+        self._catalog = catalog
+        self._chosen: CatalogTransport | None = None
+        self._kind = "file"
+        self.root: Path | str = files.root
+
+    @property
+    def _transport(self) -> CatalogTransport:
+        """The root's transport, with its catalog kind read (or bound) on first use, so that
+        constructing a store never touches the network."""
+        if self._chosen is None:
+            binding = bind(self._files, self._catalog) if self._catalog is not None else read_binding(self._files)
+            self._chosen, self._kind = self._files, binding.kind
+            if binding.kind == "postgres":
+                from curation.store.postgres import PostgresCatalog  # psycopg only where a root needs it
+
+                self._chosen = PostgresCatalog(self._files, str(binding.namespace), self._files.lock_timeout_s, _hook)
+        return self._chosen
+
+    def bind_catalog(self) -> str:
+        """Record the catalog kind asked for in a new root, or check it against what an
+        existing root records (a ConfigError on a conflict); the kind in use. A database
+        catalog's server is reached now: a run finds out before its stages, not at publish."""
+        kind = self.catalog_kind
+        if kind != "file":
+            self.datasets()
+        return kind
+
+    @property
+    def catalog_kind(self) -> str:
+        """``file`` or ``postgres``: where this root keeps its catalogs."""
+        self._transport  # noqa: B018 - reads (or binds) the root's record
+        return self._kind
 
     @property
     def lock_timeout_s(self) -> float:
         """How long a publish (or a reader's catalog copy) waits for other publishers."""
-        return self._transport.lock_timeout_s
+        return self._files.lock_timeout_s
 
     @lock_timeout_s.setter
     def lock_timeout_s(self, value: float) -> None:
-        self._transport.lock_timeout_s = value
+        self._files.lock_timeout_s = value
+        if self._chosen is not None:
+            self._chosen.lock_timeout_s = value
 
     # -- paths ---------------------------------------------------------------------------
     @staticmethod
@@ -180,18 +219,9 @@ class DatasetStore:
         catalog is simply downloaded: objects are replaced atomically).
         """
         self._transport.connect(con)
-        tmp = Path(tempfile.mkdtemp(prefix="curate-catalog-"))
-        copy = tmp / "catalog.ducklake"
-        try:
-            if not self._transport.copy_catalog(con, dataset, copy):
-                raise self._not_found(dataset)
-            con.execute(
-                f"ATTACH {lit('ducklake:' + str(copy))} AS {ident(alias)} "
-                f"(READ_ONLY, DATA_PATH {lit(self._transport.data_path(dataset))}, OVERRIDE_DATA_PATH true)"
-            )
-            return self._read_versions(con, alias, dataset)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)  # DuckDB keeps the open file; POSIX lets us unlink it
+        if not self._transport.attach_reader(con, dataset, alias):
+            raise self._not_found(dataset)
+        return self._read_versions(con, alias, dataset)
 
     def _read_versions(self, con: duckdb.DuckDBPyConnection, alias: str, dataset: str) -> list[VersionInfo]:
         rows = con.execute(

@@ -37,6 +37,19 @@ def open_duckdb() -> duckdb.DuckDBPyConnection:
             ) from None
 
 
+def load_postgres(con: duckdb.DuckDBPyConnection) -> None:
+    """Load DuckDB's postgres extension (pip-packaged, offline) into ``con``: DuckLake needs it
+    to keep a catalog in PostgreSQL. Loading twice is a no-op."""
+    try:
+        import duckdb_extensions
+
+        duckdb_extensions.import_extension("postgres", con=con)
+    except Exception as err:  # noqa: BLE001 - any failure is the same missing package for the user
+        raise CurationError(
+            f"cannot load the DuckDB 'postgres' extension: install duckdb-extension-postgres=={duckdb.__version__} ({err})"
+        ) from None
+
+
 _SHARED: tuple[int, duckdb.DuckDBPyConnection] | None = None
 _SHARED_GUARD = threading.Lock()
 

@@ -37,7 +37,7 @@ from curation.files import file_digest
 from curation.sources import DATASET_NAME
 from curation.store.duck import detach, is_lock_error, lit, new_alias, open_duckdb
 from curation.store.names import RESERVED_DATASETS, check_name
-from curation.store.transport import CatalogTransport, Staged, Staging, Transaction
+from curation.store.transport import CatalogTransport, Staged, Staging, Transaction, unreferenced_files
 
 _THREAD_LOCKS: dict[str, threading.Lock] = {}
 _THREAD_LOCKS_GUARD = threading.Lock()
@@ -142,12 +142,16 @@ class LocalCatalog(CatalogTransport):
                 result = transaction(con, lake)
             finally:
                 detach(con, lake)
+        self.committed(staging)
+        return result
+
+    def committed(self, staging: Staging) -> None:
+        """The staged files belong to the version now, not to this process."""
         for s in staging.tables.values():
             if not s.rows:  # an empty table has no data file; drop the empty staged one
                 shutil.rmtree(s.local, ignore_errors=True)
-            else:  # committed: its files belong to the version now, not to this process
+            else:
                 (s.local / owners.OWNER_FILE).unlink(missing_ok=True)
-        return result
 
     def _create_catalog(self, con: duckdb.DuckDBPyConnection, dataset: str) -> None:
         """A new dataset's catalog, initialised under a temporary name and hard-linked into place.
@@ -198,26 +202,17 @@ class LocalCatalog(CatalogTransport):
         return deleted
 
     def sweep_dead_publishes(self, dataset: str, *, dry_run: bool = False) -> list[tuple[str, int]]:
+        return self.sweep_staged(dataset, self._unreferenced, dry_run=dry_run)
+
+    def sweep_staged(self, dataset: str, unreferenced: Callable[[str], set[str] | None], *, dry_run: bool = False) -> list[tuple[str, int]]:
         """A staged folder whose publisher is gone was either never committed (its files are
         orphans: removed) or committed just before the kill (its files are the version's:
-        only the owner record goes). DuckLake decides which: ``ducklake_delete_orphaned_files``
-        in a dry run lists every file no snapshot references."""
+        only the owner record goes). The catalog decides which: ``unreferenced(dataset)`` is
+        the set of resolved paths no snapshot references (None: no catalog yet)."""
         dead = [d for d in sorted((self.files(dataset) / "main").glob("*/staged-*")) if d.is_dir() and owners.abandoned(d)]
         if not dead:
             return []
-        catalog = self.catalog(dataset)
-        orphans: set[str] | None = None  # None: no catalog yet, so nothing is referenced
-        if catalog.exists():
-            con, lake = open_duckdb(), new_alias()
-            deadline = time.monotonic() + self.lock_timeout_s
-            try:
-                with self._thread_lock(dataset, deadline):
-                    self._retry(dataset, deadline, lambda: con.execute(self.attach_sql(dataset, catalog, lake)))
-                    rows = con.execute(f"CALL ducklake_delete_orphaned_files({lit(lake)}, dry_run => true, cleanup_all => true)")
-                    orphans = {str(Path(r[0]).resolve()) for r in rows.fetchall()}
-            finally:
-                detach(con, lake)
-                con.close()
+        orphans = unreferenced(dataset)
         removed: list[tuple[str, int]] = []
         for d in dead:
             files = [f for f in d.iterdir() if f.name != owners.OWNER_FILE]
@@ -228,6 +223,21 @@ class LocalCatalog(CatalogTransport):
             elif not dry_run:
                 (d / owners.OWNER_FILE).unlink(missing_ok=True)
         return removed
+
+    def _unreferenced(self, dataset: str) -> set[str] | None:
+        """``ducklake_delete_orphaned_files`` in a dry run lists every file no snapshot references."""
+        catalog = self.catalog(dataset)
+        if not catalog.exists():
+            return None
+        con, lake = open_duckdb(), new_alias()
+        deadline = time.monotonic() + self.lock_timeout_s
+        try:
+            with self._thread_lock(dataset, deadline):
+                self._retry(dataset, deadline, lambda: con.execute(self.attach_sql(dataset, catalog, lake)))
+                return unreferenced_files(con, lake)
+        finally:
+            detach(con, lake)
+            con.close()
 
     def digest(self, dataset: str, path: str) -> tuple[int, str] | None:
         try:
@@ -249,6 +259,27 @@ class LocalCatalog(CatalogTransport):
         """The store's own folder: nothing is copied."""
         d = self.dataset_dir(dataset).joinpath(*parts)
         return d if d.is_dir() and any(d.iterdir()) else None
+
+    # -- small files at the root ---------------------------------------------------------
+    def read_root_file(self, name: str) -> bytes | None:
+        try:
+            return (self.root / name).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def create_root_file(self, name: str, data: bytes) -> bool:
+        """Written under a temporary name and hard-linked into place: never half a file, and
+        never over one another process created meanwhile."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".{name}.{uuid.uuid4().hex}.tmp"
+        try:
+            tmp.write_bytes(data)
+            os.link(tmp, self.root / name)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
 
     # -- locking ---------------------------------------------------------------------------
     def _retry(self, dataset: str, deadline: float, fn: Callable[[], Any]) -> Any:

@@ -207,6 +207,14 @@ class ObjectStoreCatalog(CatalogTransport):
             return None
         return len(got[0]), hashlib.sha256(got[0]).hexdigest()
 
+    # -- small files at the root ---------------------------------------------------------
+    def read_root_file(self, name: str) -> bytes | None:
+        got = self.bucket.get(self.remote.key(name))
+        return None if got is None else got[0]
+
+    def create_root_file(self, name: str, data: bytes) -> bool:
+        return self.bucket.put_if(self.remote.key(name), data, None)
+
     # -- files beside the versions ---------------------------------------------------------
     def put_files(self, dataset: str, parts: list[str], src: Path, files: list[Path]) -> str:
         for p in files:

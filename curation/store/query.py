@@ -104,6 +104,11 @@ def _load(con: duckdb.DuckDBPyConnection, name: str, arrow: pa.Table) -> None:
 
 
 READ_STATEMENTS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+# Functions a SELECT may call that run SQL of their own: postgres_query() sends any text to the
+# PostgreSQL server holding a catalog (functions there can change things, even in a read-only
+# transaction), query()/query_table() run a string this check never saw.
+PASS_THROUGH = re.compile(r"^(postgres_\w+|mysql_\w+|query|query_table)$", re.IGNORECASE)
+PASS_THROUGH_TEXT = re.compile(r"\b(postgres_\w+|mysql_\w+|query|query_table)\s*\(", re.IGNORECASE)
 EXPLAIN_PREFIX = re.compile(r"^\s*EXPLAIN\s+(ANALY[SZ]E\s+)?", re.IGNORECASE)
 
 
@@ -208,6 +213,11 @@ def read_statements(con: duckdb.DuckDBPyConnection, query: str) -> list[str]:
                 raise CurationError(
                     f"curate sql only reads: statement {i} ({_head(text)}) explains something it cannot check; nothing was run"
                 )
+        elif kind in READ_STATEMENTS and (name := _pass_through(con, text)):
+            raise CurationError(
+                f"curate sql only reads the published datasets: statement {i} calls {name}(), which runs SQL this check "
+                "cannot see (on the catalog's server or from a string); nothing was run"
+            )
         elif kind not in READ_STATEMENTS:
             raise CurationError(
                 f"curate sql only reads: statement {i} is {kind.name} ({_head(text)}), which would change data, files or "
@@ -215,6 +225,29 @@ def read_statements(con: duckdb.DuckDBPyConnection, query: str) -> list[str]:
             )
         texts.append(text)
     return texts
+
+
+def _pass_through(con: duckdb.DuckDBPyConnection, text: str) -> str | None:
+    """The first function in ``text`` that runs SQL of its own (``PASS_THROUGH``), from
+    DuckDB's parse tree; from the text itself when the tree cannot be serialised (PIVOT)."""
+    try:
+        tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [text]).fetchone()[0])
+    except (duckdb.Error, TypeError, ValueError):
+        tree = {"error": True}
+    if tree.get("error"):
+        found = PASS_THROUGH_TEXT.search(text)
+        return found.group(1) if found else None
+    stack: list = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            name = node.get("function_name")
+            if isinstance(name, str) and PASS_THROUGH.match(name):
+                return name
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return None
 
 
 def _head(text: str) -> str:

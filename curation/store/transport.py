@@ -1,16 +1,18 @@
-"""How a dataset's catalog is kept: the one thing that differs between a local data root and
-an object-store one.
+"""How a dataset's catalog is kept: the one thing that differs between data roots.
 
-The format is the same everywhere (a DuckLake catalog, a DuckDB file, beside its Parquet
-``files/``); what differs is how a reader gets a consistent private copy of the catalog,
-where a publisher stages its files, and how a publisher's commit is made safe against other
-publishers: file locks on a local catalog (``curation.store.local``), conditional writes
-of a gzipped catalog object (``curation.store.object_store``). ``DatasetStore`` picks
+The format is the same everywhere (a DuckLake catalog beside its Parquet ``files/``); what
+differs is how a reader gets a consistent view of the catalog, where a publisher stages its
+files, and how a publisher's commit is made safe against other publishers: file locks on a
+local catalog file (``curation.store.local``), conditional writes of a gzipped catalog object
+(``curation.store.object_store``), or PostgreSQL's advisory locks and transactions, with the
+files handled by one of the other two (``curation.store.postgres``). ``DatasetStore`` picks
 one ``CatalogTransport`` per root and leaves all of that to it.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -22,7 +24,7 @@ import duckdb
 import pyarrow as pa
 
 from curation.errors import CurationError
-from curation.store.duck import lit
+from curation.store.duck import ident, lit
 
 # The DuckLake transaction a commit runs on an attached catalog: (con, alias) -> (version
 # record, snapshot id). ``DatasetStore`` writes it; the transport decides where it runs.
@@ -103,6 +105,24 @@ class CatalogTransport(ABC):
     def copy_catalog(self, con: duckdb.DuckDBPyConnection, dataset: str, path: Path) -> bool:
         """Write a consistent private copy of the catalog to ``path``; False: there is none."""
 
+    def attach_reader(self, con: duckdb.DuckDBPyConnection, dataset: str, alias: str) -> bool:
+        """Attach a consistent read-only view of the catalog as ``alias``; False: there is none.
+
+        A catalog file is copied first and the copy attached, so the reader holds no lock
+        on the real one however long it reads (a database catalog overrides this)."""
+        tmp = Path(tempfile.mkdtemp(prefix="curate-catalog-"))
+        copy = tmp / "catalog.ducklake"
+        try:
+            if not self.copy_catalog(con, dataset, copy):
+                return False
+            con.execute(
+                f"ATTACH {lit('ducklake:' + str(copy))} AS {ident(alias)} "
+                f"(READ_ONLY, DATA_PATH {lit(self.data_path(dataset))}, OVERRIDE_DATA_PATH true)"
+            )
+            return True
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # DuckDB keeps the open file; POSIX lets us unlink it
+
     # -- publishing ------------------------------------------------------------------------
     @abstractmethod
     def staging(self, dataset: str) -> AbstractContextManager[Staging]:
@@ -116,6 +136,9 @@ class CatalogTransport(ABC):
     @abstractmethod
     def commit(self, con: duckdb.DuckDBPyConnection, dataset: str, staging: Staging, transaction: Transaction) -> tuple[dict, int]:
         """Run ``transaction`` on the dataset's catalog so that it lands whole or not at all."""
+
+    def committed(self, staging: Staging) -> None:  # noqa: B027 - a hook most transports need not fill
+        """The staged files now belong to a version: forget they were staged (no-op here)."""
 
     @abstractmethod
     def abandon(self, staging: Staging) -> None:
@@ -143,6 +166,15 @@ class CatalogTransport(ABC):
     def get_files(self, dataset: str, parts: list[str], dest: str | Path) -> Path | None:
         """A local folder holding ``DATASET/parts``'s files; None when there are none."""
 
+    # -- small files at the root (which catalog the root uses) ------------------------------
+    @abstractmethod
+    def read_root_file(self, name: str) -> bytes | None:
+        """The bytes of ``ROOT/name``; None when there is no such file."""
+
+    @abstractmethod
+    def create_root_file(self, name: str, data: bytes) -> bool:
+        """Write ``ROOT/name`` unless it exists (atomically); False: it already existed."""
+
     # -- shared ----------------------------------------------------------------------------
     def busy(self, dataset: str) -> DatasetBusy:
         return DatasetBusy(
@@ -164,3 +196,10 @@ class CatalogTransport(ABC):
         cutoff = datetime.now(timezone.utc).timestamp() - older_than_s
         rows = con.execute(f"CALL ducklake_delete_orphaned_files({lit(lake)}, older_than => to_timestamp(?))", [cutoff]).fetchall()
         return [r[0] for r in rows]
+
+
+def unreferenced_files(con: duckdb.DuckDBPyConnection, lake: str) -> set[str]:
+    """Resolved paths of the data files no snapshot of the catalog attached as ``lake``
+    references (DuckLake's own orphan listing, in a dry run)."""
+    rows = con.execute(f"CALL ducklake_delete_orphaned_files({lit(lake)}, dry_run => true, cleanup_all => true)")
+    return {str(Path(r[0]).resolve()) for r in rows.fetchall()}

@@ -24,14 +24,23 @@ def curate(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedPro
     return proc
 
 
-@pytest.fixture(scope="module")
-def published(tmp_path_factory, hh_path):
-    tmp = tmp_path_factory.mktemp("cli")
+@pytest.fixture(scope="module", params=["file", "postgres"])
+def published(request, tmp_path_factory, hh_path):
+    """Two versions of hh, published by `curate run`; every test below runs on a data root
+    whose catalogs are DuckDB files and on one whose catalogs are in a real PostgreSQL server
+    (bound by the first run's --catalog; later commands need no flag)."""
+    tmp = tmp_path_factory.mktemp(f"cli-{request.param}")
+    flags = []
+    if request.param == "postgres":
+        os.environ["CURATE_PG_DSN"] = request.getfixturevalue("pg_server").dsn  # the subprocesses' connection
+        flags = ["--catalog", "postgres"]
     recipe = write_recipe(tmp, [{"name": "hh", "path": str(hh_path), "adapter": "hh_rlhf", "limit": 300}], dataset="hh", own_root=False)
-    run = curate("run", str(recipe), "--local", cwd=tmp)
+    run = curate("run", str(recipe), "--local", *flags, cwd=tmp)
     recipe2 = write_recipe(tmp, [{"name": "hh", "path": str(hh_path), "adapter": "hh_rlhf", "limit": 400}], dataset="hh", own_root=False)
     curate("run", str(recipe2), "--local", cwd=tmp)
-    return tmp, run
+    assert (tmp / "data" / "catalog.json").exists() == (request.param == "postgres")
+    yield tmp, run
+    os.environ.pop("CURATE_PG_DSN", None)
 
 
 def test_run_prints_funnel_dataset_and_report(published):
@@ -71,6 +80,16 @@ def test_datasets_list_show_diff(published):
     assert text[:3] == ["hh: v1 -> v2", "recipe: 1 key(s) changed", "  sources.0.limit: 300 -> 400"]
     added = diff["pairs"]["added"]
     assert added > 50 and f"pairs: {added:,} added, 0 removed (by pair id)" in text and len(text) <= 12
+
+
+def test_verify_gc_and_report_on_every_catalog(published):
+    tmp, _ = published
+    verified = curate("datasets", "verify", "hh@1", cwd=tmp).stdout
+    assert "hh@1: all" in verified and "as published" in verified
+    gc = curate("gc", "--dry-run", cwd=tmp)
+    assert gc.returncode == 0 and "Traceback" not in gc.stderr
+    report = curate("report", "hh@1", "--no-open", "--rebuild", cwd=tmp)
+    assert "report.html" in report.stdout + report.stderr
 
 
 def test_export_trl(published):

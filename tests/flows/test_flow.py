@@ -119,12 +119,14 @@ def near_dedup(threshold: float) -> dict:
     return {"steps": [{"kind": "near_dedup", "level": "prompt", "threshold": threshold}]}
 
 
-def test_a_filter_only_change_reuses_the_cached_stages_with_identical_results(tmp_path, hh_path):
+def test_a_filter_only_change_reuses_the_cached_stages_with_identical_results(tmp_path, hh_path, pg_env):
+    """The warm root keeps its catalogs in PostgreSQL, the cold one in files: the stage cache
+    and the published tables do not depend on the catalog."""
     from flows.curate import run_recipe
 
     sources = [{"name": "hh", "path": str(hh_path), "adapter": "hh_rlhf", "limit": 300}]
     warm = tmp_path / "warm"
-    a = run_recipe(str(write_recipe(warm, sources, dataset="hh", filter=near_dedup(0.9))))
+    a = run_recipe(str(write_recipe(warm, sources, dataset="hh", filter=near_dedup(0.9), catalog="postgres")))
     b = run_recipe(str(write_recipe(warm, sources, dataset="hh", filter=near_dedup(0.5))))
     assert a["cached"] == [] and (a["version"], b["version"]) == (1, 2)
     runs = prefect_task_runs(b["flow_run_id"])
@@ -148,6 +150,7 @@ def test_a_filter_only_change_reuses_the_cached_stages_with_identical_results(tm
     assert Path(staged["dedup"]["files"]["pairs"]).exists()
     warm_a, warm_c = published_tables(warm / "root", "hh", 1), published_tables(warm / "root", "hh", 3)
     assert all(warm_a[t].equals(warm_c[t]) for t in warm_a)
+    assert DatasetStore(warm / "root").catalog_kind == "postgres" and DatasetStore(tmp_path / "cold" / "root").catalog_kind == "file"
 
 
 def test_transient_errors_are_retried_and_deterministic_ones_are_not(tmp_path, hh_path, monkeypatch):

@@ -26,11 +26,17 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def local_ray():
+def local_ray(pg_server):
+    """Workers inherit the driver's environment when Ray starts: the PostgreSQL catalog's
+    connection is set first (as a user's cluster gets it from where its nodes start)."""
+    import os
+
+    os.environ["CURATE_PG_DSN"] = pg_server.dsn
     if not ray.is_initialized():
         ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+    os.environ.pop("CURATE_PG_DSN", None)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +49,9 @@ def generator(stub: OpenAIStub, **extra: Any) -> dict[str, Any]:
     return {"backend": "openai", "model": stub.model, "base_url": stub.base_url, "max_concurrency": 4, "max_retries": 2, **extra}
 
 
-def recipe(folder: Path, hh_path: Path, stub: OpenAIStub, *, task_runner: str = "local", gen_backend: dict | None = None) -> Path:
+def recipe(
+    folder: Path, hh_path: Path, stub: OpenAIStub, *, task_runner: str = "local", gen_backend: dict | None = None, catalog: str = "file"
+) -> Path:
     """HH pairs + generated candidates, judged over HTTP, then two filter steps: every kind of
     task the flow has (ingest, validate, dedup, generate, label, filter steps, publish)."""
     body = {
@@ -61,6 +69,7 @@ def recipe(folder: Path, hh_path: Path, stub: OpenAIStub, *, task_runner: str = 
         "label": {"labelers": [{"name": "judge-stub", "kind": "judge_pairwise", "backend": generator(stub), "limit": 20}]},
         "filter": {"steps": [{"kind": "margin", "labelers": ["judge-stub"], "min_margin": 0.5, "missing": "keep"}, {"kind": "near_dedup"}]},
         "orchestration": {"task_runner": task_runner},
+        "catalog": catalog,
     }
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "recipe.yaml"
@@ -92,7 +101,7 @@ def test_flow_on_ray_publishes_what_the_local_runner_publishes(tmp_path: Path, h
     from flows.curate import run_recipe
 
     local = run_recipe(str(recipe(tmp_path / "local", hh_path, stub)))
-    on_ray = run_recipe(str(recipe(tmp_path / "ray", hh_path, stub, task_runner="ray")))
+    on_ray = run_recipe(str(recipe(tmp_path / "ray", hh_path, stub, task_runner="ray", catalog="postgres")))  # catalog in PostgreSQL
     assert local["version"] == on_ray["version"] == 1
     assert content(on_ray["funnel"]) == content(local["funnel"])
     assert on_ray["summary"]["config_hash"] == local["summary"]["config_hash"]  # the runner is not part of the content
@@ -102,6 +111,7 @@ def test_flow_on_ray_publishes_what_the_local_runner_publishes(tmp_path: Path, h
         assert a[name].equals(b[name]), f"{name} differs between the local and the Ray runner"
     # the tasks really ran on Ray workers: the driver's process is not the one that ran them
     assert on_ray["summary"].get("task_runner", "ray") == "ray"
+    assert (tmp_path / "ray" / "root" / "catalog.json").exists() and not list((tmp_path / "ray" / "root").rglob("*.ducklake"))
 
 
 def test_generation_through_ray_data_equals_direct_generation(tmp_path: Path, hh_path: Path, stub: OpenAIStub, local_ray) -> None:

@@ -131,7 +131,18 @@ def test_the_grep_finds_a_planted_key(tmp_path: Path) -> None:
     assert files_containing(tmp_path, [key.encode()]) == ["a/b/manifest.json", "prefect.db"]
 
 
-def secret_recipe(folder: Path, stub: OpenAIStub) -> Path:
+def _snapshot_changes(pg: object, root: Path) -> str:
+    """The DuckLake commit-message table of the run's dataset (its schema starts with the
+    root's namespace; the session's server holds other tests' catalogs too)."""
+    namespace = json.loads((root / "catalog.json").read_text())["namespace"]
+    schema = pg.psql(
+        "SELECT table_schema FROM information_schema.tables WHERE table_name = 'ducklake_snapshot_changes' "
+        f"AND starts_with(table_schema, '{namespace}_secret_')"
+    ).strip()
+    return f'"{schema}".ducklake_snapshot_changes'
+
+
+def secret_recipe(folder: Path, stub: OpenAIStub, catalog: str = "file") -> Path:
     backend = {
         "backend": "openai",
         "model": stub.model,
@@ -150,6 +161,7 @@ def secret_recipe(folder: Path, stub: OpenAIStub) -> Path:
         "generate": {"generator": backend, "prompts": {"from": "pairs", "limit": 2}, "n": 2, "max_tokens": 8, "chunk_size": 2},
         "label": {"labelers": [{"name": "judge", "kind": "judge_pairwise", "backend": backend, "max_retries": 0}], "limit": 4},
         "data_root": str(folder / "data"),
+        "catalog": catalog,
     }
     path = folder / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
@@ -161,9 +173,15 @@ def secret_recipe(folder: Path, stub: OpenAIStub) -> Path:
 CURATE = "import curation.stages.generate.stage as g; g.measure_diversity = lambda *a, **k: {}; from curate.cli import main; main()"
 
 
-def test_the_api_key_is_never_written_anywhere(tmp_path: Path) -> None:
+@pytest.mark.parametrize("catalog", ["file", "postgres"])
+def test_the_api_key_is_never_written_anywhere(tmp_path: Path, catalog: str, request: pytest.FixtureRequest) -> None:
+    """With ``catalog: postgres`` the PostgreSQL password (in ``CURATE_PG_DSN``) is planted too,
+    and the server's own data folder is searched as well (the catalog's rows live there)."""
     key = f"sk-planted-{uuid.uuid4().hex}"
     needles = [key.encode(), key[11:27].encode()]  # the key, and a piece of it (a cut or masked copy)
+    pg = request.getfixturevalue("pg_server") if catalog == "postgres" else None
+    if pg is not None:
+        needles += [pg.password.encode(), pg.password[11:27].encode()]
     work = tmp_path / "run"
     work.mkdir()
     (tmp_path / "tmp").mkdir()
@@ -180,8 +198,10 @@ def test_the_api_key_is_never_written_anywhere(tmp_path: Path) -> None:
         "PYTHONPATH": str(REPO),
     }
     env.pop("PREFECT_API_URL", None)
+    if pg is not None:
+        env["CURATE_PG_DSN"] = pg.dsn
     with OpenAIStub(api_key=key) as stub:  # any other key gets 401: the run works only if the key is sent
-        recipe = secret_recipe(work, stub)
+        recipe = secret_recipe(work, stub, catalog=catalog)
         proc = subprocess.run(
             [sys.executable, "-c", CURATE, "run", str(recipe)], cwd=work, env=env, capture_output=True, timeout=600, check=False
         )
@@ -192,7 +212,8 @@ def test_the_api_key_is_never_written_anywhere(tmp_path: Path) -> None:
     assert "secret@1" in out or "secret v1" in out
     assert prefect_home.is_dir() and any(prefect_home.rglob("*.db")), "Prefect's database is not where the test looks"
     written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
-    for expected in ("run/data/datasets/secret/catalog.ducklake", "run/data/cache/requests.sqlite"):
+    catalog_file = "run/data/datasets/secret/catalog.ducklake" if pg is None else "run/data/catalog.json"
+    for expected in (catalog_file, "run/data/cache/requests.sqlite"):
         assert expected in written, f"{expected} not written; the grep would miss it"
     assert any(p.startswith("run/data/cache/labels/") for p in written)
     assert any(p.endswith("summary.json") for p in written) and any(p.endswith(".parquet") for p in written)
@@ -200,6 +221,11 @@ def test_the_api_key_is_never_written_anywhere(tmp_path: Path) -> None:
     for needle in needles:
         assert needle.decode() not in out and needle.decode() not in err, "the key is in curate run's output"
     assert files_containing(tmp_path, needles) == [], "the key was written to these files"
+    if pg is not None:  # the version's record is in the server's tables: flushed to its files, then searched
+        pg.psql("CHECKPOINT")
+        assert "publish secret v1" in pg.psql("SELECT string_agg(commit_message, ',') FROM " + _snapshot_changes(pg, work / "data"))
+        assert files_containing(pg.data, [b"publish secret v1"]), "the grep cannot see the catalog's rows in the server's files"
+        assert files_containing(pg.data, needles[:2]) == [], "the API key is in the PostgreSQL catalog"
     assert KEY_ENV in recipe.read_text()  # what the recipe holds: the variable's name only
 
 

@@ -309,3 +309,37 @@ class Zygote:
 
 if __name__ == "__main__":
     serve(sys.argv[1:])
+
+
+def publish_repeatedly(root: str, dataset: str, count: int, tag: str, go: str, result: str, marks: str) -> None:
+    """A publisher for the many-writers tests: wait for ``go``, publish ``count`` versions of
+    one table whose rows are derived from the run id (``rows_for``), appending each outcome to
+    ``result`` (JSON lines) and the store's phases to ``marks`` (so a kill can be placed)."""
+    import curation.store.catalog as catalog
+    from curation.store.catalog import DatasetBusy, DatasetStore
+
+    mark = _marker(marks)
+    catalog._TEST_HOOK = mark
+    store = DatasetStore(root, lock_timeout_s=60)
+    while not os.path.exists(go):
+        time.sleep(0.001)
+    for i in range(count):
+        run_id = f"{tag}-{i}"
+        meta = {"config": {"run": run_id}, "config_hash": run_id, "code_version": "test", "inputs": [], "counts": {}}
+        mark("started")
+        try:
+            info = store.publish(dataset, {"things": rows_for(run_id)}, **meta, run_id=run_id)
+            outcome: dict[str, Any] = {"run_id": run_id, "version": info.version, "parents": info.parents}
+        except DatasetBusy as err:
+            outcome = {"run_id": run_id, "busy": str(err)}
+        mark("committed")
+        with open(result, "a") as f:
+            f.write(json.dumps(outcome) + "\n")
+
+
+def rows_for(run_id: str) -> Any:
+    """The table a ``publish_repeatedly`` run publishes: its size and values follow from the id."""
+    import pyarrow as pa
+
+    n = 50 + sum(map(ord, run_id)) % 200
+    return pa.table({"run_id": [run_id] * n, "i": list(range(n))})

@@ -130,10 +130,15 @@ def _answer_label_studio(tasks: list[dict], prefer: dict[str, str]) -> list[dict
     return out
 
 
-def test_routed_pairs_round_trip_through_label_studio_and_back(tmp_path: Path, hh_path: Path, length_labels: None) -> None:
+@pytest.mark.parametrize("catalog", ["file", "postgres"])
+def test_routed_pairs_round_trip_through_label_studio_and_back(
+    tmp_path: Path, hh_path: Path, length_labels: None, catalog: str, request: pytest.FixtureRequest
+) -> None:
+    if catalog == "postgres":
+        request.getfixturevalue("pg_env")
     recipe = write_recipe(tmp_path, _source(hh_path, 60), dataset="loop", label=LABEL, filter={"steps": STEPS[-1:]})
     runner = CliRunner()
-    first = runner.invoke(app, ["run", str(recipe), "--local"])
+    first = runner.invoke(app, ["run", str(recipe), "--local", "--catalog", catalog])
     assert first.exit_code == 0, first.output
     root = str(tmp_path / "root")
     out = tmp_path / "queue"
@@ -181,3 +186,4 @@ def test_routed_pairs_round_trip_through_label_studio_and_back(tmp_path: Path, h
     assert forced.exit_code == 0, forced.output
     v3 = {r["pair_id"]: r["chosen"] for r in pl.from_arrow(store.read("loop", "pairs", version=3)).iter_rows(named=True)}
     assert v3 == {pid: r["chosen"] for pid, r in after.items()}
+    assert store.catalog_kind == catalog
