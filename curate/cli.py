@@ -782,27 +782,16 @@ def route_export(
     maps back to the pair. Then: curate route import NAME COMPLETED_FILE.
     """
     from curation.human.tasks import FORMATS, export_queue
-    from curation.store.catalog import DatasetStore
+    from curation.run.human_export import routed_pairs
 
     name, version = parse_ref(ref)
-    store = DatasetStore(_root(data_root))
-    info = store.version(name, version)
-    if "routing" not in info.tables:
-        raise CurationError(f"{info.ref} has no routing table: its recipe has no route step in its filter section")
-    routed = store.read(name, "routing", version=info.version, columns=["pair_id", "routed"])
-    ids = [pid for pid, r in zip(routed["pair_id"].to_pylist(), routed["routed"].to_pylist()) if r]
     wanted = [f.strip() for f in formats.split(",") if f.strip()]
     unknown = sorted(set(wanted) - set(FORMATS))
     if unknown:
         raise CurationError(f"unknown --format {', '.join(unknown)}; known: {', '.join(FORMATS)}")
-    import polars as pl
-
-    pairs = pl.from_arrow(
-        store.read(name, "pairs", version=info.version, columns=["pair_id", "prompt", "chosen", "rejected", "source_dataset"])
-    )
-    queue = pairs.filter(pl.col("pair_id").is_in(ids))
-    written = export_queue(queue, out, wanted, seed)
-    console.print(f"{queue.height:,} routed pairs of {info.ref} ({len(ids) - queue.height:,} no longer in the pairs table):")
+    routed = routed_pairs(_root(data_root), name, version)
+    written = export_queue(routed.queue, out, wanted, seed)
+    console.print(f"{routed.queue.height:,} routed pairs of {routed.info.ref} ({routed.gone:,} no longer in the pairs table):")
     for kind, path in written.items():
         console.print(f"  {kind}: {path}")
     console.print(f"Then: curate route import {name} COMPLETED_FILE")
@@ -825,6 +814,10 @@ def route_import(
     from curation.run.human_import import import_labels
 
     result = import_labels(_root(data_root), name, [str(f) for f in files])
+    _print_import(name, result)
+
+
+def _print_import(name: str, result: dict) -> None:
     if result["unchanged"]:
         console.print(f"{name}@{result['version']} already has these labels: nothing to do.")
         return
@@ -833,6 +826,48 @@ def route_import(
         f"{result['kept']:,} confirmed, {result['flipped']:,} flipped, {result['filtered']:,} dropped as ties"
         f" ({result['already_applied']:,} already applied, {result['unknown_pairs']:,} unknown pairs)"
     )
+
+
+@route_app.command("push")
+@friendly
+def route_push(
+    ref: str = typer.Argument(..., help="NAME or NAME@VERSION whose routed pairs to send."),
+    project: str | None = typer.Option(None, "--project", help="Label Studio project title (default: 'curate: NAME')."),
+    seed: int = typer.Option(0, "--seed", help="Seeds which response each task shows as A (position bias)."),
+    data_root: str | None = DataRoot,
+) -> None:
+    """Send the routed pairs to a Label Studio project (made with the product's labeling config
+    if missing); pairs already in it are not sent again.
+
+    The server and key come from LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY (a legacy token or a
+    personal access token); neither is stored anywhere. Then: curate route pull NAME.
+    """
+    from curation.run.human_export import push_to_label_studio
+
+    name, version = parse_ref(ref)
+    r = push_to_label_studio(_root(data_root), name, version, title=project, seed=seed)
+    made = "made" if r["created"] else "found"
+    console.print(
+        f"{r['routed']:,} routed pairs of {r['ref']} -> Label Studio project {r['project']} ({r['title']!r}, {made}): "
+        f"{r['imported']:,} tasks imported, {r['already']:,} already there"
+    )
+    console.print(f"Annotate: {r['url']}")
+    console.print(f"Then: curate route pull {name}" + (f" --project {r['title']!r}" if project else ""))
+
+
+@route_app.command("pull")
+@friendly
+def route_pull(
+    name: str = typer.Argument(..., help="Dataset the labels belong to."),
+    project: str | None = typer.Option(None, "--project", help="Label Studio project title (default: 'curate: NAME')."),
+    data_root: str | None = DataRoot,
+) -> None:
+    """Fetch the project's annotations with Label Studio's export API and merge them into a new
+    version, as curate route import does with a file (pulling again changes nothing)."""
+    from curation.run.human_import import pull_from_label_studio
+
+    result = pull_from_label_studio(_root(data_root), name, project or f"curate: {name}")
+    _print_import(name, result)
 
 
 @app.command()

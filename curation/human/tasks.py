@@ -84,6 +84,12 @@ def task_rows(pairs: pl.DataFrame, seed: int) -> list[dict[str, Any]]:
     return rows
 
 
+def label_studio_tasks(pairs: pl.DataFrame, seed: int) -> list[dict[str, Any]]:
+    """Label Studio tasks (``{"id", "data"}``), as imported into a project: the data keys the
+    labeling config shows, plus ``pair_id`` and ``a_is``, which it does not."""
+    return [{"id": i + 1, "data": row} for i, row in enumerate(task_rows(pairs, seed))]
+
+
 def argilla_settings() -> dict[str, Any]:
     """The dataset settings as ``rg.Settings.serialize()`` writes them (so ``from_json`` reads them)."""
 
@@ -138,7 +144,7 @@ def export_queue(
     rows = task_rows(routed_pairs, seed)
     written: dict[str, Path] = {}
     if "label_studio" in formats:
-        tasks = [{"id": i + 1, "data": row} for i, row in enumerate(rows)]
+        tasks = [{"id": i + 1, "data": row} for i, row in enumerate(rows)]  # as label_studio_tasks
         written["label_studio"] = _write_json(out / "label_studio_tasks.json", tasks)
         written["label_studio_config"] = out / "label_studio_config.xml"
         written["label_studio_config"].write_text(LABEL_STUDIO_CONFIG, encoding="utf-8")

@@ -71,3 +71,22 @@ def import_labels(data_root: str | Path, dataset: str, files: list[str | Path], 
     )
     write_version_report(info, data_root, local, info.run_id, info.counts, {})
     return {"dataset": dataset, "version": info.version, "unchanged": False, "files": [str(p) for p, _ in added], **result}
+
+
+def pull_from_label_studio(data_root: str | Path, dataset: str, title: str, *, work_root: str | Path | None = None) -> dict[str, Any]:
+    """The annotations of the Label Studio project ``title`` (its own JSON export), imported as
+    ``import_labels`` imports a file. The export is written in a stable form, so an unchanged
+    project gives the same inbox file and no new version."""
+    import tempfile
+
+    from curation.human.label_studio import LabelStudio, export_json
+
+    with LabelStudio() as client:
+        project = client.find_project(title)
+        if project is None:
+            raise CurationError(f"Label Studio at {client.url} has no project {title!r}; send the pairs first: curate route push {dataset}")
+        data = export_json(client, project["id"])
+    with tempfile.TemporaryDirectory(prefix="curate-ls-") as tmp:
+        path = Path(tmp) / f"label-studio-project-{project['id']}.json"
+        path.write_bytes(data)
+        return {**import_labels(data_root, dataset, [path], work_root=work_root), "project": project["id"]}
