@@ -9,7 +9,9 @@ a short-lived access token, sent as ``Bearer``.
 
 Pushing is idempotent: the project is found by its title (made, with the product's labeling
 config, when missing; Label Studio validates the XML) and only tasks whose ``pair_id`` is not
-in it yet are imported. Pulling asks Label Studio's export API for the project's tasks with
+in it yet are imported. A new project's Data Manager tab hides ``a_is`` and ``pair_id``
+(``HIDDEN``): Label Studio lists every data key as a column, and ``a_is`` names which
+response the stored data calls chosen. Pulling asks Label Studio's export API for the project's tasks with
 their annotations (``exportType=JSON``), which ``curation.human.completed`` reads like a
 file exported by hand.
 """
@@ -27,6 +29,9 @@ from curation.errors import CurationError
 ENV_URL = "LABEL_STUDIO_URL"
 ENV_KEY = "LABEL_STUDIO_API_KEY"
 PAGE = 500
+# Task data the labeling config never shows, hidden from the Data Manager's table too: which
+# response is A (it would tell an annotator which one the data calls chosen) and the pair id.
+HIDDEN = ("a_is", "pair_id")
 
 
 class LabelStudio:
@@ -112,6 +117,21 @@ class LabelStudio:
         """Every task of the project with its annotations: Label Studio's JSON export."""
         return self._call("GET", f"/api/projects/{project}/export", params={"exportType": "JSON"})
 
+    def hide_columns(self, project: int, keys: tuple[str, ...], title: str = "Default") -> None:
+        """A Data Manager tab for the project with these task data keys hidden, beside what
+        Label Studio hides by default (its columns' ``visibility_defaults``): the table every
+        member of the project opens first would otherwise list them."""
+        columns = self._call("GET", "/api/dm/columns/", params={"project": project})["columns"]
+        hidden: dict[str, list[str]] = {"explore": [], "labeling": []}
+        for c in columns:
+            key = f"tasks:{c['parent']}.{c['id']}" if c.get("parent") else f"tasks:{c['id']}"
+            for mode, shown in (c.get("visibility_defaults") or {}).items():
+                if mode in hidden and (not shown or (c.get("parent") == "data" and c["id"] in keys)):
+                    hidden[mode].append(key)
+        for mode in hidden:
+            hidden[mode] = sorted(set(hidden[mode]) | {f"tasks:data.{k}" for k in keys})
+        self._call("POST", "/api/dm/views/", json={"project": project, "data": {"title": title, "hiddenColumns": hidden}})
+
     def project_url(self, project: int) -> str:
         return f"{self.url}/projects/{project}/data"
 
@@ -125,6 +145,8 @@ def push_tasks(client: LabelStudio, title: str, label_config: str, tasks: list[d
     have = set() if created else client.task_pair_ids(project["id"])
     new = [{"data": t["data"]} for t in tasks if t["data"]["pair_id"] not in have]
     imported = client.import_tasks(project["id"], new)
+    if created:
+        client.hide_columns(project["id"], HIDDEN)
     return {"project": project["id"], "created": created, "imported": imported, "already": len(tasks) - len(new)}
 
 

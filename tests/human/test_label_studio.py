@@ -173,12 +173,14 @@ def test_push_and_pull_talk_to_label_studio_directly(
     assert twice.exit_code == 0 and "nothing to do" in twice.output, twice.output
     assert [v.version for v in DatasetStore(root).versions("loop")] == [1, 2]
     # what the team sees: the project in Label Studio, by headless Chromium (kept for the docs)
-    png = screenshot(
+    png, page = screenshot(
         project_url := f"{label_studio.url}/projects/{project['id']}/data",
         label_studio.session_cookies(LEAD),
         tmp_path / "label-studio-project.png",
-        wait_for=tasks[0]["data"]["pair_id"][:12],
+        wait_for=tasks[0]["data"]["response_a"][:12],
     )
+    assert "response_a" in page and "a_is" not in page and "pair_id" not in page  # the hidden columns are hidden
+    assert "Annotation results" not in page  # and what Label Studio hides by default stays hidden
     image = Image.open(png)
     assert image.size == (1400, 900) and len(image.convert("RGB").getcolors(1 << 20) or []) > 50, project_url
     if os.environ.get("CURATE_DOCS_SCREENSHOTS"):

@@ -71,7 +71,8 @@ def screenshot(
             call("Page.navigate", url=url)
             while True:
                 text = call("Runtime.evaluate", expression="document.body ? document.body.innerText : ''", returnByValue=True)
-                if wait_for in str(text.get("result", {}).get("value", "")):
+                page_text = str(text.get("result", {}).get("value", ""))
+                if wait_for in page_text:
                     break
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{url} never showed {wait_for!r}")
@@ -79,7 +80,7 @@ def screenshot(
             time.sleep(1.5)  # let the last requests paint
             data = call("Page.captureScreenshot", format="png")["data"]
         out.write_bytes(base64.b64decode(data))
-        return out
+        return out, page_text
     finally:
         proc.terminate()
         try:
