@@ -4,7 +4,7 @@ come back as Label Studio's own JSON export, so a team never moves files by hand
 The server and the key come from the environment, with the names Label Studio's SDK uses:
 ``LABEL_STUDIO_URL`` and ``LABEL_STUDIO_API_KEY``. Neither is ever written to a file, a
 version's record or a message. A legacy token is sent as ``Authorization: Token KEY``; a
-personal access token (a JWT refresh token) is first exchanged at ``/api/token/refresh`` for
+personal access token (a JWT refresh token) is first exchanged at ``/api/token/refresh/`` for
 a short-lived access token, sent as ``Bearer``.
 
 Pushing is idempotent: the project is found by its title (made, with the product's labeling
@@ -63,7 +63,7 @@ class LabelStudio:
     def _authorization(self) -> str:
         if self._key.count(".") != 2:  # a legacy token
             return f"Token {self._key}"
-        got = self._call("POST", "/api/token/refresh", json={"refresh": self._key}, auth=False)
+        got = self._call("POST", "/api/token/refresh/", json={"refresh": self._key}, auth=False)
         return f"Bearer {got['access']}"
 
     def _call(self, method: str, path: str, *, auth: bool = True, **kwargs: Any) -> Any:

@@ -154,8 +154,12 @@ def test_push_and_pull_talk_to_label_studio_directly(
     pushed = runner.invoke(app, ["route", "push", "loop", "--data-root", root])
     assert pushed.exit_code == 0, pushed.output
     assert "made): 8 tasks imported, 0 already there" in pushed.output
+    with label_studio.api(LEAD) as lead:  # the second push with a personal access token (a JWT refresh token)
+        pat = lead.post("/api/token/").json()["token"]
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", pat)
     again = runner.invoke(app, ["route", "push", "loop", "--data-root", root])
     assert "found): 0 tasks imported, 8 already there" in again.output, again.output
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.users[LEAD])
     with label_studio.api(LEAD) as lead:
         project = next(p for p in lead.get("/api/projects/").json()["results"] if p["title"] == "curate: loop")
         tasks = lead.get("/api/tasks/", params={"project": project["id"], "page_size": 100, "fields": "all"}).json()["tasks"]
