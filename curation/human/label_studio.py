@@ -117,6 +117,10 @@ class LabelStudio:
         """Every task of the project with its annotations: Label Studio's JSON export."""
         return self._call("GET", f"/api/projects/{project}/export", params={"exportType": "JSON"})
 
+    def views(self, project: int) -> list[dict]:
+        """The project's Data Manager tabs (none until someone opens the project or we make one)."""
+        return self._call("GET", "/api/dm/views/", params={"project": project})
+
     def hide_columns(self, project: int, keys: tuple[str, ...], title: str = "Default") -> None:
         """A Data Manager tab for the project with these task data keys hidden, beside what
         Label Studio hides by default (its columns' ``visibility_defaults``): the table every
@@ -145,7 +149,7 @@ def push_tasks(client: LabelStudio, title: str, label_config: str, tasks: list[d
     have = set() if created else client.task_pair_ids(project["id"])
     new = [{"data": t["data"]} for t in tasks if t["data"]["pair_id"] not in have]
     imported = client.import_tasks(project["id"], new)
-    if created:
+    if not client.views(project["id"]):  # a new project (or one whose first push was cut short)
         client.hide_columns(project["id"], HIDDEN)
     return {"project": project["id"], "created": created, "imported": imported, "already": len(tasks) - len(new)}
 

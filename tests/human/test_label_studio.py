@@ -166,6 +166,12 @@ def test_push_and_pull_talk_to_label_studio_directly(
     from curation.human.tasks import LABEL_STUDIO_CONFIG
 
     assert project["label_config"].strip() == LABEL_STUDIO_CONFIG.strip() and len(tasks) == 8
+    with label_studio.api(LEAD) as lead:  # a first push cut short before its tab was made: the next one makes it
+        (view,) = lead.get("/api/dm/views/", params={"project": project["id"]}).json()
+        assert "tasks:data.a_is" in view["data"]["hiddenColumns"]["explore"]
+        assert lead.delete(f"/api/dm/views/{view['id']}/").status_code == 204
+        runner.invoke(app, ["route", "push", "loop", "--data-root", root])
+        assert len(lead.get("/api/dm/views/", params={"project": project["id"]}).json()) == 1
     answers = plan(sorted(t["data"]["pair_id"] for t in tasks))
     annotate(label_studio, project["id"], answers)
 
