@@ -130,7 +130,7 @@ class LabelStudio:
         for c in columns:
             key = f"tasks:{c['parent']}.{c['id']}" if c.get("parent") else f"tasks:{c['id']}"
             for mode, shown in (c.get("visibility_defaults") or {}).items():
-                if mode in hidden and (not shown or (c.get("parent") == "data" and c["id"] in keys)):
+                if mode in hidden and not shown:
                     hidden[mode].append(key)
         for mode in hidden:
             hidden[mode] = sorted(set(hidden[mode]) | {f"tasks:data.{k}" for k in keys})

@@ -40,7 +40,7 @@ import duckdb
 import pyarrow as pa
 
 from curation.errors import CurationError
-from curation.store.duck import detach, ident, lit, load_postgres, new_alias
+from curation.store.duck import detach, ident, lit, load_postgres, new_alias, open_duckdb
 from curation.store.local import LocalCatalog
 from curation.store.names import check_name
 from curation.store.transport import CatalogTransport, DatasetBusy, Staged, Staging, Transaction, unreferenced_files
@@ -187,7 +187,7 @@ class PostgresCatalog(CatalogTransport):
 
     def datasets(self) -> list[str]:
         with self._pg() as pg:
-            if not self._registry_exists(pg):
+            if not self._table_exists(pg, self.namespace, "datasets"):
                 return []
             rows = pg.execute(
                 f"SELECT name FROM {ident(self.namespace)}.datasets "
@@ -228,14 +228,14 @@ class PostgresCatalog(CatalogTransport):
 
     def commit(self, con: duckdb.DuckDBPyConnection, dataset: str, staging: Staging, transaction: Transaction) -> tuple[dict, int]:
         """The metadata commit under the dataset's advisory lock, as one PostgreSQL transaction."""
+        lake = new_alias()
         with self._pg() as pg:
             self._register(pg, dataset)
-            ready = self._initialised(pg, dataset)
-        lake = new_alias()
-        try:
-            if ready:  # attaching takes ~0.3 s: done before the lock, so publishers queue only for the commit
-                self._attach(con, dataset, lake, read_only=False)
-            with self._locked(dataset) as pg:
+            ready = self._table_exists(pg, self.schema(dataset), "ducklake_snapshot")  # DuckLake made its tables
+            try:
+                if ready:  # attaching takes ~0.3 s: done before the lock, so publishers queue only for the commit
+                    self._attach(con, dataset, lake, read_only=False)
+                self._lock(pg, dataset)
                 if not ready:  # DuckLake creates its tables on the first attach: one publisher at a time
                     self._attach(con, dataset, lake, read_only=False)
                     self.hook("catalog_created")
@@ -246,8 +246,9 @@ class PostgresCatalog(CatalogTransport):
                         staging.uploading = True  # the COMMIT's outcome is unknown: leave the files to the sweep
                         raise self._failure(f"cannot publish {dataset}", err, lost=True) from None
                     raise
-        finally:
-            detach(con, lake)
+            finally:
+                detach(con, lake)
+        # closing the connection released the lock
         self.files.committed(staging)
         return result
 
@@ -264,7 +265,7 @@ class PostgresCatalog(CatalogTransport):
 
     def sweep_dead_publishes(self, dataset: str, *, dry_run: bool = False) -> list[tuple[str, int]]:
         if isinstance(self.files, LocalCatalog):
-            return self.files.sweep_staged(self.check(dataset), self._unreferenced, dry_run=dry_run)
+            return self.files.sweep_staged(check_name(dataset), self._unreferenced, dry_run=dry_run)
         return self.files.sweep_dead_publishes(dataset, dry_run=dry_run)
 
     def _unreferenced(self, dataset: str) -> set[str] | None:
@@ -277,8 +278,6 @@ class PostgresCatalog(CatalogTransport):
     def _writer(self, dataset: str) -> Iterator[tuple[duckdb.DuckDBPyConnection, str]]:
         """A private DuckDB with the catalog attached read-write (DuckLake's orphan listing
         and deletion need it; they change no metadata)."""
-        from curation.store.duck import open_duckdb
-
         con, lake = open_duckdb(), new_alias()
         try:
             self.files.connect(con)
@@ -307,10 +306,6 @@ class PostgresCatalog(CatalogTransport):
         return self.files.create_root_file(name, data)
 
     # -- PostgreSQL ------------------------------------------------------------------------
-    @staticmethod
-    def check(dataset: str) -> str:
-        return check_name(dataset)
-
     @contextmanager
     def _pg(self) -> Iterator:
         """A psycopg connection; driver errors become one scrubbed, retryable line."""
@@ -324,12 +319,9 @@ class PostgresCatalog(CatalogTransport):
         finally:
             conn.close()
 
-    def _registry_exists(self, pg) -> bool:  # noqa: ANN001 - psycopg.Connection
-        return pg.execute("SELECT to_regclass(%s) IS NOT NULL", [f"{ident(self.namespace)}.datasets"]).fetchone()[0]
-
-    def _initialised(self, pg, dataset: str) -> bool:  # noqa: ANN001
-        """Whether DuckLake has made its tables in the dataset's schema."""
-        return pg.execute("SELECT to_regclass(%s) IS NOT NULL", [f"{ident(self.schema(dataset))}.ducklake_snapshot"]).fetchone()[0]
+    @staticmethod
+    def _table_exists(pg, schema: str, table: str) -> bool:  # noqa: ANN001 - psycopg.Connection
+        return pg.execute("SELECT to_regclass(%s) IS NOT NULL", [f"{ident(schema)}.{table}"]).fetchone()[0]
 
     def _register(self, pg, dataset: str) -> bool:  # noqa: ANN001
         """Record the dataset in the namespace's registry (creating both once); True when new.
@@ -351,20 +343,17 @@ class PostgresCatalog(CatalogTransport):
             )
             return cur.rowcount == 1
 
-    @contextmanager
-    def _locked(self, dataset: str) -> Iterator:
-        """A connection holding the dataset's advisory lock, waited for up to ``lock_timeout_s``
-        (then ``DatasetBusy``). The server drops the lock if this process dies."""
+    def _lock(self, pg, dataset: str) -> None:  # noqa: ANN001 - psycopg.Connection
+        """Take the dataset's advisory lock on ``pg``, waiting up to ``lock_timeout_s`` (then
+        ``DatasetBusy``). It is held until the connection closes, which the server also does
+        when this process dies."""
         import psycopg
 
-        with self._pg() as pg:
-            try:
-                pg.execute(f"SET lock_timeout = {max(1, int(self.lock_timeout_s * 1000))}")
-                pg.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", [f"curate:{self.schema(dataset)}"])
-            except psycopg.errors.LockNotAvailable:
-                raise self.busy(dataset) from None
-            yield pg
-            # closing the connection releases the lock
+        try:
+            pg.execute(f"SET lock_timeout = {max(1, int(self.lock_timeout_s * 1000))}")
+            pg.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", [f"curate:{self.schema(dataset)}"])
+        except psycopg.errors.LockNotAvailable:
+            raise self.busy(dataset) from None
 
     def _failure(self, what: str, err: BaseException, *, lost: bool = False) -> CurationError:
         """One scrubbed line; retryable (``CatalogUnavailable``) when the server went away."""

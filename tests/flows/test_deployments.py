@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,18 +29,13 @@ from curation.run.runner import curate
 from curation.store.catalog import DatasetStore
 from curation.store.query import sql
 from tests.helpers import recipe_config, write_recipe
+from tests.support.vllm_server import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 CURATE = [sys.executable, "-m", "curate.cli"]
 SERVER_START_S = 180  # ~13 s on an idle 2-core machine; far more when it is loaded
 RUN_TIMEOUT_S = 240
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Started:

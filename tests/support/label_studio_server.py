@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.postgres_server import free_port
+from tests.support.vllm_server import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 LABEL_STUDIO = REPO / ".venv-label-studio" / "bin" / "label-studio"
