@@ -954,6 +954,23 @@ def eval_(
     console.print(
         f"Evaluation {eid} in the evaluation log of {refs[0][0]}: curate sql \"SELECT * FROM evaluation_log WHERE evaluation_id = '{eid}'\""
     )
+    _rewrite_reports(_root(data_root), refs[0][0], [v.version for (name, _), v in zip(refs, variants) if name == refs[0][0]])
+
+
+def _rewrite_reports(data_root: str, dataset: str, versions: list[int | None]) -> None:
+    """Each measured version's report gains the evaluation (the log is written: a report that
+    cannot be rewritten is said, not an error; ``curate report --rebuild`` tries again)."""
+    from curation.report.open import rewrite_report
+
+    for version in dict.fromkeys(v for v in versions if v is not None):
+        try:
+            path = rewrite_report(data_root, dataset, version)
+        except (CurationError, OSError) as err:
+            err_console.print(
+                f"the report of {dataset}@{version} was not updated ({err}); later: curate report {dataset}@{version} --rebuild"
+            )
+        else:
+            err_console.print(f"report of {dataset}@{version} updated: {path}", highlight=False)
 
 
 def run_progress_for(dataset: str, work_root: str) -> Progress:

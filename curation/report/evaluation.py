@@ -1,7 +1,9 @@
 """The report's evaluation section: how well proxy models trained on the published pairs agree
 with held-out human preferences, beside the trivial baselines on the same pairs; for a
 comparison or an ablation, each variant's difference with its paired interval. Drawn from the
-evaluate stage's summary (or ``curate eval``'s rows), never from a table."""
+evaluate stage's summary, and for the later ``curate eval`` runs that measured this version,
+from the rows its report was last written with (``curate eval`` rewrites the report of each
+version it measured; ``curate report --rebuild`` reads the evaluation log again)."""
 
 from __future__ import annotations
 
@@ -66,3 +68,27 @@ def evaluation_section(f: dict[str, Any]) -> Section | None:
         '<code>curate sql "SELECT * FROM evaluations"</code>.</p>'
     )
     return Section("evaluation", "Evaluation", out + table(EVALUATION_HEADER, evaluation_rows(rows)) + evaluation_png(rows))
+
+
+def later_evaluations_section(summary: dict[str, Any]) -> Section | None:
+    """Each ``curate eval`` that measured this version after it was published: what was
+    compared, on which pairs, with the paired differences to its first variant."""
+    runs = summary.get("later_evaluations") or []
+    if not runs:
+        return None
+    me = f"{summary['dataset']}@{summary['version']}"
+    parts = [
+        f"<p>{len(runs)} evaluation(s) by <code>curate eval</code> that trained on {html.escape(me)} after it was published, "
+        "each beside the variants it was compared with, on the same evaluation pairs. "
+        '<code>curate sql "SELECT * FROM evaluation_log"</code>.</p>'
+    ]
+    for rows in runs:
+        first = rows[0]
+        variants = list(dict.fromkeys(r["variant"] for r in rows))
+        parts.append(
+            f"<h3>{html.escape(' vs '.join(variants))}</h3><p>Evaluation <code>{html.escape(str(first['evaluation_id']))}</code>: "
+            f"{first['eval_pairs']:,} pairs from {html.escape(str(first.get('eval_set') or ''))} "
+            f"({first['leaked_excluded']:,} left out because their prompt is in a variant's training pairs).</p>"
+        )
+        parts.append(table(EVALUATION_HEADER, evaluation_rows(rows)) + evaluation_png(rows))
+    return Section("later-evaluations", "Later evaluations", "".join(parts))

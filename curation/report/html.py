@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from curation.report.evaluation import evaluation_section
+from curation.report.evaluation import evaluation_section, later_evaluations_section
 from curation.report.filters import filter_section
 from curation.report.generation import GENERATION_HEADER, generation_rows, generation_section
 from curation.report.labels import AGREEMENT_HEADER, LABELER_HEADER, agreement_rows, labeler_rows, labels_sections
@@ -216,6 +216,7 @@ def sections(summary: dict[str, Any], png: bytes) -> list[Section]:
         *labels_sections(f),
         filter_section(f),
         evaluation_section(f),
+        later_evaluations_section(summary),
         lengths_section(summary),
         _sources_section(f),
         _inputs_section(summary.get("inputs") or []),
@@ -261,7 +262,7 @@ def published_note(f: dict[str, Any]) -> str:
 
 def _write(path: Path, data: bytes) -> None:
     """Write then rename, so a reader (or a crash) never sees half a report."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # two writers at once (two curate eval) never share one
     tmp.write_bytes(data)
     os.replace(tmp, path)
 

@@ -29,30 +29,45 @@ def local_dir(data_root: str | Path, dataset: str, version: int) -> Path:
 
 def find_report(data_root: str | Path, dataset: str, version: int | None = None, *, rebuild: bool = False) -> Path:
     """The local path of ``dataset@version``'s report (latest by default), downloaded first
-    from an object-store root. ``rebuild`` writes it again from its ``summary.json`` (or,
-    without one, from the version's metadata, with no timings) and stores it beside the
-    version: for a report deleted by hand or written by an older ``curate``. Unknown names and
-    versions raise the store's error, which lists what exists."""
+    from an object-store root. ``rebuild`` writes it again first (``rewrite_report``): for a
+    report deleted by hand or written by an older ``curate``. Unknown names and versions raise
+    the store's error, which lists what exists."""
     from curation.store.catalog import DatasetStore
 
     store = DatasetStore(data_root)
     info = store.version(dataset, version)
+    if rebuild:
+        return rewrite_report(data_root, dataset, info.version)
     sub = f"reports/v{info.version}"
     folder = store.get_files(dataset, sub, local_dir(data_root, dataset, info.version)) or local_dir(data_root, dataset, info.version)
-    if rebuild:
-        from curation.report.html import write_report
-        from curation.report.summary import version_summary
-
-        saved = folder / "summary.json"
-        summary = json.loads(saved.read_text()) if saved.exists() else version_summary(info, data_root, info.run_id, info.counts, {})
-        write_report(summary, folder)
-        store.put_files(dataset, sub, folder)
     path = folder / "report.html"
     if not path.exists():
         raise CurationError(
             f"no report for {info.ref} in {store.location(dataset)}/{sub}; write it with: curate report {info.ref} --rebuild"
         )
     return path
+
+
+def rewrite_report(data_root: str | Path, dataset: str, version: int) -> Path:
+    """Write ``dataset@version``'s report again from its ``summary.json`` (or, without one,
+    from the version's metadata, with no timings), with every ``curate eval`` of the version in
+    the dataset's evaluation log, and store it beside the version; its local path. Only the
+    report changes: the version's tables and metadata never do."""
+    from curation.report.html import write_report
+    from curation.report.summary import version_summary
+    from curation.store.catalog import DatasetStore
+    from curation.store.query import evaluations_of
+
+    store = DatasetStore(data_root)
+    info = store.version(dataset, version)
+    sub = f"reports/v{info.version}"
+    folder = store.get_files(dataset, sub, local_dir(data_root, dataset, info.version)) or local_dir(data_root, dataset, info.version)
+    saved = folder / "summary.json"
+    summary = json.loads(saved.read_text()) if saved.exists() else version_summary(info, data_root, info.run_id, info.counts, {})
+    summary["later_evaluations"] = evaluations_of(store, dataset, info.version)
+    write_report(summary, folder)
+    store.put_files(dataset, sub, folder)
+    return folder / "report.html"
 
 
 def browser_available() -> bool:

@@ -97,6 +97,15 @@ def evaluation_log(store: DatasetStore, dataset: str) -> pa.Table:
         return pa.concat_tables([pq.read_table(f).cast(schema) for f in files]) if files else schema.empty_table()
 
 
+def evaluations_of(store: DatasetStore, dataset: str, version: int) -> list[list[dict]]:
+    """The ``curate eval`` runs that measured ``dataset@version``, each whole (its rows for the
+    other variants compared and the baselines too: a difference needs its reference)."""
+    by_id: dict[str, list[dict]] = {}
+    for row in evaluation_log(store, dataset).to_pylist():
+        by_id.setdefault(row["evaluation_id"], []).append(row)
+    return [rows for rows in by_id.values() if any(r.get("version") == version for r in rows)]
+
+
 def _load(con: duckdb.DuckDBPyConnection, name: str, arrow: pa.Table) -> None:
     con.register("_curate_tmp", arrow)
     con.execute(f"CREATE TABLE {ident(name)} AS SELECT * FROM _curate_tmp")

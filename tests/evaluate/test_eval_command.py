@@ -93,6 +93,25 @@ def test_a_killed_eval_resumes_from_its_last_finished_variant(versions) -> None:
     assert len(second) == 1 and second[0]["reference"] == "hh@1" and second[0]["difference_low"] <= second[0]["difference_high"]
 
 
+def test_each_measured_versions_report_shows_the_evaluation(versions) -> None:
+    tmp, _ = versions
+    out = curate("eval", "hh@1", "hh@2", "--data-root", str(tmp / "data"), cwd=tmp)  # resumed when the test above ran first
+    eid = out.stdout.split("Evaluation ", 1)[1].split(" ", 1)[0]
+    reports = tmp / "data" / "datasets" / "hh" / "reports"
+    for version in (1, 2):
+        assert f"report of hh@{version} updated" in out.stderr
+        page = (reports / f"v{version}" / "report.html").read_text()
+        assert "Later evaluations" in page and eid in page and "hh@1 vs hh@2" in page
+    saved = json.loads((reports / "v2" / "summary.json").read_text())
+    assert [rows[0]["evaluation_id"] for rows in saved.pop("later_evaluations")] == [eid]
+    (reports / "v2" / "summary.json").write_text(json.dumps(saved))  # as a report written before the eval
+    (reports / "v2" / "report.html").unlink()
+    rebuilt = curate("report", "hh@2", "--no-open", "--rebuild", "--data-root", str(tmp / "data"), cwd=tmp)
+    page = Path(rebuilt.stdout.strip()).read_text()
+    assert "Later evaluations" in page and eid in page  # rebuilt from the evaluation log, not only the saved summary
+    assert saved["funnel"] == json.loads((reports / "v2" / "summary.json").read_text())["funnel"]
+
+
 def test_ablate_measures_every_step_left_out_on_the_same_pairs(versions, hh_path) -> None:
     tmp, _ = versions
     out = curate("eval", str(tmp / "curated.yaml"), "--ablate", "--local", cwd=tmp)
