@@ -173,7 +173,8 @@ def main() -> None:
             print(
                 f"{dataset}: {len(train_pairs)} training pairs, {ev.num_rows} evaluation pairs ({leaked_out} leaked, left out)", flush=True
             )
-            for k, noise_seed in [(k, s) for k in args.noise for s in args.noise_seeds]:
+            # no flips at k = 0: every noise seed would be the same draw, so it runs once
+            for k, noise_seed in [(level, s) for level in args.noise for s in (args.noise_seeds if level else args.noise_seeds[:1])]:
                 noisy_pairs, _ = inject_noise(train_pairs, k, noise_seed)
                 noisy = full_rows(noisy_pairs)
                 labeler = BTEnsemble(BTEnsembleConfig(name="bt", members=5, seed=0), BackendPool(".", build=lambda c, r: embedder))
@@ -238,20 +239,36 @@ def main() -> None:
         print(f"{r['dataset']:8} {r['noise']:>4g} {r['noise_seed']:>4} {r['trainer']:22} {r['variant']:15} {r['train_pairs']:>6} {r['eval_pairs']:>5} "
               f"{r['accuracy']:>8.3f} {ci:>15} {diff:>28} {verdict(r):16} {wall:>8}")  # fmt: skip
     if len(args.noise_seeds) > 1:
-        print(f"\nmeans over the {len(args.noise_seeds)} noise seeds (verdicts: how many seeds the paired interval says helps / hurts)")
+        print(
+            f"\nmeans over the {len(args.noise_seeds)} noise seeds (k = 0: one draw); in brackets the 95% t-interval of the mean "
+            "difference over the draws (it covers the noise draw, not the evaluation sample); verdicts: how many seeds the "
+            "paired interval says helps / hurts"
+        )
         groups: dict[tuple, list[dict[str, Any]]] = {}
         for r in out_rows:
             if not r["trainer"].startswith("baseline:"):
                 groups.setdefault((r["dataset"], r["noise"], r["trainer"], r["variant"]), []).append(r)
         for (dataset, k, trainer_name, variant), rs in groups.items():
             diffs = [r["difference"] for r in rs if r.get("difference") is not None]
-            mean_diff = f"{sum(diffs) / len(diffs):+.3f}" if diffs else ""
+            mean_diff = (
+                f"{np.mean(diffs):+.3f} {seed_interval(diffs)} ({sum(d > 0 for d in diffs)} of {len(diffs)} above 0)" if diffs else ""
+            )
             helps, hurts = sum(verdict(r) == "helps" for r in rs), sum(verdict(r) == "hurts" for r in rs)
             counts = f"helps {helps}, hurts {hurts} of {len(rs)}" if diffs else ""
             acc = sum(r["accuracy"] for r in rs) / len(rs)
-            print(f"{dataset:8} {k:>4g} {trainer_name:10} {variant:15} accuracy {acc:.3f}  vs raw {mean_diff:>7}  {counts}")
+            print(f"{dataset:8} {k:>4g} {trainer_name:10} {variant:15} accuracy {acc:.3f}  vs raw {mean_diff:>46}  {counts}")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\ntotal {time.perf_counter() - started:.0f} s, peak RSS {peak:.0f} MiB")
+
+
+def seed_interval(diffs: list[float]) -> str:
+    """The 95% t-interval of the mean over noise draws ("" for one draw)."""
+    from scipy.stats import t
+
+    if len(diffs) < 2:
+        return ""
+    half = t.ppf(0.975, len(diffs) - 1) * np.std(diffs, ddof=1) / np.sqrt(len(diffs))
+    return f"[{np.mean(diffs) - half:+.3f}, {np.mean(diffs) + half:+.3f}]"
 
 
 if __name__ == "__main__":
