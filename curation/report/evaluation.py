@@ -78,8 +78,8 @@ def later_evaluations_section(summary: dict[str, Any]) -> Section | None:
         return None
     me = f"{summary['dataset']}@{summary['version']}"
     parts = [
-        f"<p>{len(runs)} evaluation(s) by <code>curate eval</code> that trained on {html.escape(me)} after it was published, "
-        "each beside the variants it was compared with, on the same evaluation pairs. "
+        f"<p>{len(runs)} evaluation(s) by <code>curate eval</code> that measured {html.escape(me)} after it was published, "
+        "each whole: the variants compared, the baselines and each variant's paired difference, on the same evaluation pairs. "
         '<code>curate sql "SELECT * FROM evaluation_log"</code>.</p>'
     ]
     for rows in runs:

@@ -14,9 +14,13 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from curation.config import is_url
 from curation.errors import CurationError
+
+if TYPE_CHECKING:
+    from curation.store.catalog import DatasetStore, VersionInfo
 
 
 def local_dir(data_root: str | Path, dataset: str, version: int) -> Path:
@@ -25,6 +29,12 @@ def local_dir(data_root: str | Path, dataset: str, version: int) -> Path:
     if is_url(str(data_root)):
         return Path(tempfile.gettempdir()) / "curate-reports" / dataset / f"v{version}"
     return Path(data_root) / "datasets" / dataset / "reports" / f"v{version}"
+
+
+def report_folder(store: DatasetStore, data_root: str | Path, info: VersionInfo) -> Path:
+    """The local folder of a version's report files (downloaded from an object-store root)."""
+    here = local_dir(data_root, info.dataset, info.version)
+    return store.get_files(info.dataset, f"reports/v{info.version}", here) or here
 
 
 def find_report(data_root: str | Path, dataset: str, version: int | None = None, *, rebuild: bool = False) -> Path:
@@ -39,7 +49,7 @@ def find_report(data_root: str | Path, dataset: str, version: int | None = None,
     if rebuild:
         return rewrite_report(data_root, dataset, info.version)
     sub = f"reports/v{info.version}"
-    folder = store.get_files(dataset, sub, local_dir(data_root, dataset, info.version)) or local_dir(data_root, dataset, info.version)
+    folder = report_folder(store, data_root, info)
     path = folder / "report.html"
     if not path.exists():
         raise CurationError(
@@ -61,7 +71,7 @@ def rewrite_report(data_root: str | Path, dataset: str, version: int) -> Path:
     store = DatasetStore(data_root)
     info = store.version(dataset, version)
     sub = f"reports/v{info.version}"
-    folder = store.get_files(dataset, sub, local_dir(data_root, dataset, info.version)) or local_dir(data_root, dataset, info.version)
+    folder = report_folder(store, data_root, info)
     saved = folder / "summary.json"
     summary = json.loads(saved.read_text()) if saved.exists() else version_summary(info, data_root, info.run_id, info.counts, {})
     summary["later_evaluations"] = evaluations_of(store, dataset, info.version)
