@@ -961,10 +961,12 @@ def _rewrite_reports(data_root: str, dataset: str, versions: list[int | None]) -
     """Each measured version's report gains the evaluation (the log is written: a report that
     cannot be rewritten is said, not an error; ``curate report --rebuild`` tries again)."""
     from curation.report.open import rewrite_report
+    from curation.store.catalog import DatasetStore
 
+    store = DatasetStore(data_root)
     for version in dict.fromkeys(v for v in versions if v is not None):
         try:
-            path = rewrite_report(data_root, dataset, version)
+            path = rewrite_report(store, data_root, store.version(dataset, version))
         except (CurationError, OSError) as err:
             err_console.print(
                 f"the report of {dataset}@{version} was not updated ({err}); later: curate report {dataset}@{version} --rebuild"

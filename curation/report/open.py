@@ -47,7 +47,7 @@ def find_report(data_root: str | Path, dataset: str, version: int | None = None,
     store = DatasetStore(data_root)
     info = store.version(dataset, version)
     if rebuild:
-        return rewrite_report(data_root, dataset, info.version)
+        return rewrite_report(store, data_root, info)
     sub = f"reports/v{info.version}"
     folder = report_folder(store, data_root, info)
     path = folder / "report.html"
@@ -58,25 +58,21 @@ def find_report(data_root: str | Path, dataset: str, version: int | None = None,
     return path
 
 
-def rewrite_report(data_root: str | Path, dataset: str, version: int) -> Path:
-    """Write ``dataset@version``'s report again from its ``summary.json`` (or, without one,
-    from the version's metadata, with no timings), with every ``curate eval`` of the version in
-    the dataset's evaluation log, and store it beside the version; its local path. Only the
-    report changes: the version's tables and metadata never do."""
+def rewrite_report(store: DatasetStore, data_root: str | Path, info: VersionInfo) -> Path:
+    """Write ``info``'s report again from its ``summary.json`` (or, without one, from the
+    version's metadata, with no timings), with every ``curate eval`` of the version in the
+    dataset's evaluation log, and store it beside the version; its local path. Only the report
+    changes: the version's tables and metadata never do."""
     from curation.report.html import write_report
     from curation.report.summary import version_summary
-    from curation.store.catalog import DatasetStore
     from curation.store.query import evaluations_of
 
-    store = DatasetStore(data_root)
-    info = store.version(dataset, version)
-    sub = f"reports/v{info.version}"
     folder = report_folder(store, data_root, info)
     saved = folder / "summary.json"
     summary = json.loads(saved.read_text()) if saved.exists() else version_summary(info, data_root, info.run_id, info.counts, {})
-    summary["later_evaluations"] = evaluations_of(store, dataset, info.version)
+    summary["later_evaluations"] = evaluations_of(store, info.dataset, info.version)
     write_report(summary, folder)
-    store.put_files(dataset, sub, folder)
+    store.put_files(info.dataset, f"reports/v{info.version}", folder)
     return folder / "report.html"
 
 
